@@ -1,0 +1,18 @@
+"""vaelab: train, inspect and score disentangled variational autoencoders.
+
+The Python API mirrors the CLI: ``vaelab.train``, ``vaelab.load_run``, ``vaelab.evaluate``;
+datasets via ``vaelab.data.load``.
+"""
+__version__ = "0.1.0"
+
+
+def __getattr__(name):  # lazy: `import vaelab` stays cheap for the CLI
+    if name in ("train", "load_run", "Run"):
+        from . import training as _train
+
+        return getattr(_train, name)
+    if name == "evaluate":
+        from .metrics.evaluate import evaluate
+
+        return evaluate
+    raise AttributeError(f"module 'vaelab' has no attribute {name!r}")

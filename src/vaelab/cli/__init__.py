@@ -1,0 +1,65 @@
+"""The ``vaelab`` command: a thin layer over the Python API.
+
+Each module in this package adds its subcommands with ``register(subparsers)`` and sets
+``func(args) -> int | None`` on them. Errors a user can cause (:class:`VaelabError`) print one
+line and exit 2; argparse's own usage errors also exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import VaelabError
+
+# subcommand modules, in the order `vaelab --help` lists them
+_COMMAND_MODULES = ("train", "evaluate", "viz", "experiment", "sweep", "data")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse prints usage first otherwise)
+        sys.stderr.write(f"vaelab: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = _Parser(prog="vaelab", description="Train, inspect and score disentangled VAEs.")
+    parser.add_argument("--version", action="version", version=f"vaelab {__version__}")
+    parser.add_argument("--data-dir", help="data directory (default: $VAELAB_DATA or ~/.cache/vaelab/data)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in _COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"{__name__}.{name}":
+                continue  # not built yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.data_dir:
+        from ..paths import set_data_dir
+
+        set_data_dir(args.data_dir)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except VaelabError as e:
+        sys.stderr.write(f"vaelab: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("vaelab: interrupted\n")
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # python -m vaelab.cli
+    sys.exit(main())

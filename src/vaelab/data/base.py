@@ -1,0 +1,227 @@
+"""FactorDataset: images plus (optionally) the ground-truth factors that made them.
+
+Every loader returns one; metrics, the trainer and the UG-VAE experiments need nothing else.
+
+* ``images``: uint8 tensor ``N x C x H x W`` (memory-mapped for large sets).
+* ``factors``: int64 tensor ``N x K`` of class indices of the *visible* factors, or ``None``.
+  Size-1 factors (dSprites' colour) are hidden: they carry no information.
+* ``factor_names``, ``factor_sizes``, ``factor_values`` (per factor, the real value of each class).
+* A *grid* dataset holds every combination of factor values exactly once, in canonical row-major
+  order (last factor fastest; SPEC.md section 6), so ``index_of`` is arithmetic.
+  Other labelled sets (MNIST, CelebA attributes) are not grids: ``index_of`` refuses and
+  ``images_for`` draws a random image among those carrying the requested factors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import VaelabError
+
+
+def _as_uint8_nchw(images) -> torch.Tensor:
+    if isinstance(images, np.ndarray):
+        if images.dtype != np.uint8:
+            raise VaelabError(f"images must be uint8, got {images.dtype}")
+        if not images.flags.writeable:
+            # np.memmap in mode "r": keep zero-copy without torch's warning by viewing it writable
+            # through a copy-on-write map is the loader's job; here fall back to a copy for small arrays.
+            images = np.array(images)
+        images = torch.from_numpy(images)
+    if not isinstance(images, torch.Tensor):
+        raise VaelabError(f"images must be a numpy array or torch tensor, got {type(images).__name__}")
+    if images.dtype != torch.uint8:
+        raise VaelabError(f"images must be uint8, got {images.dtype}")
+    if images.ndim == 3:  # N x H x W grey
+        images = images.unsqueeze(1)
+    if images.ndim != 4:
+        raise VaelabError(f"images must be N x C x H x W (or N x H x W), got shape {tuple(images.shape)}")
+    return images
+
+
+@dataclass
+class FactorDataset:
+    """Images with ground-truth factors (see module docstring)."""
+
+    images: torch.Tensor
+    factors: torch.Tensor | None = None
+    factor_names: list[str] = field(default_factory=list)
+    factor_sizes: list[int] = field(default_factory=list)
+    factor_values: list[np.ndarray] = field(default_factory=list)
+    is_grid: bool = False
+    name: str = "custom"
+    source: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.images = _as_uint8_nchw(self.images)
+        n = self.images.shape[0]
+        if self.factors is not None:
+            if isinstance(self.factors, np.ndarray):
+                self.factors = torch.from_numpy(np.ascontiguousarray(self.factors, dtype=np.int64))
+            self.factors = self.factors.to(torch.int64)
+            if self.factors.ndim != 2 or self.factors.shape[0] != n:
+                raise VaelabError(
+                    f"factors must be N x K with N = {n} images, got shape {tuple(self.factors.shape)}")
+            k = self.factors.shape[1]
+            if not self.factor_names:
+                self.factor_names = [f"factor_{i}" for i in range(k)]
+            if not self.factor_sizes:
+                self.factor_sizes = [int(self.factors[:, i].max()) + 1 if n else 0 for i in range(k)]
+            if not self.factor_values:
+                self.factor_values = [np.arange(s, dtype=np.float64) for s in self.factor_sizes]
+            if not (len(self.factor_names) == len(self.factor_sizes) == len(self.factor_values) == k):
+                raise VaelabError("factor_names, factor_sizes and factor_values must each have one entry per factor")
+        self._lookup = None
+
+    # ------------------------------------------------------------------ basics
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.images.shape[1:])
+
+    @property
+    def has_factors(self) -> bool:
+        return self.factors is not None and self.factors.shape[1] > 0
+
+    @property
+    def num_factors(self) -> int:
+        return 0 if self.factors is None else int(self.factors.shape[1])
+
+    def describe(self) -> str:
+        c, h, w = self.image_shape
+        lines = [f"{self.name}: {len(self):,} images, {c} x {h} x {w} uint8"]
+        if self.has_factors:
+            kind = "full grid" if self.is_grid else "labelled set"
+            lines.append(f"factors ({kind}): " + ", ".join(
+                f"{n} {s}" for n, s in zip(self.factor_names, self.factor_sizes)))
+        else:
+            lines.append("factors: none")
+        if self.source:
+            lines.append(f"source: {self.source}")
+        return "\n".join(lines)
+
+    def subset(self, indices) -> "FactorDataset":
+        """A labelled (non-grid) dataset holding ``images[indices]`` (copied)."""
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.int64)
+        return FactorDataset(
+            images=self.images[idx].clone(),
+            factors=None if self.factors is None else self.factors[idx].clone(),
+            factor_names=list(self.factor_names), factor_sizes=list(self.factor_sizes),
+            factor_values=list(self.factor_values), is_grid=False, name=self.name,
+            source=self.source, meta=dict(self.meta))
+
+    # ------------------------------------------------------------------ factors
+    def _require_factors(self, what: str):
+        if not self.has_factors:
+            raise VaelabError(f"dataset {self.name!r} has no ground-truth factors: {what} needs them")
+
+    def sample_factors(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n x K`` int64 factor rows: each factor uniform and independent on a grid,
+        rows of the labelled set drawn with replacement otherwise."""
+        self._require_factors("sample_factors")
+        if self.is_grid:
+            return np.stack([rng.integers(0, s, size=n) for s in self.factor_sizes], axis=1).astype(np.int64)
+        rows = rng.integers(0, len(self), size=n)
+        return self.factors[torch.from_numpy(rows)].numpy().copy()
+
+    def index_of(self, factors) -> np.ndarray:
+        """Dataset indices of factor rows (grid datasets only; canonical row-major order)."""
+        self._require_factors("index_of")
+        if not self.is_grid:
+            raise VaelabError(f"dataset {self.name!r} is not a full factor grid: index_of is undefined")
+        f = np.asarray(factors, dtype=np.int64)
+        if f.ndim == 1:
+            f = f[None]
+        sizes = np.asarray(self.factor_sizes, dtype=np.int64)
+        if f.shape[1] != len(sizes) or (f < 0).any() or (f >= sizes).any():
+            raise VaelabError(f"factor rows out of range for sizes {self.factor_sizes}")
+        bases = np.concatenate([np.cumprod(sizes[::-1])[::-1][1:], [1]])
+        return f @ bases
+
+    def images_for(self, factors, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """uint8 images ``B x C x H x W`` showing the given factor rows.
+
+        Grid: the unique image. Labelled set: a random image among those with exactly
+        these factors (``rng`` required); a combination never seen is an error."""
+        self._require_factors("images_for")
+        if self.is_grid:
+            return self.images[torch.from_numpy(self.index_of(factors))]
+        if rng is None:
+            rng = np.random.default_rng(0)
+        lookup = self._combination_lookup()
+        f = np.asarray(factors, dtype=np.int64)
+        out = np.empty(len(f), dtype=np.int64)
+        for i, row in enumerate(f):
+            candidates = lookup.get(row.tobytes())
+            if candidates is None:
+                raise VaelabError(f"no image in {self.name!r} has factors {row.tolist()}")
+            out[i] = candidates[rng.integers(len(candidates))]
+        return self.images[torch.from_numpy(out)]
+
+    def _combination_lookup(self) -> dict:
+        if self._lookup is None:
+            f = self.factors.numpy()
+            _, inverse = np.unique(f, axis=0, return_inverse=True)
+            inverse = inverse.reshape(-1)
+            order = np.argsort(inverse, kind="stable")
+            bounds = np.flatnonzero(np.diff(inverse[order])) + 1
+            self._lookup = {f[g[0]].tobytes(): g for g in np.split(order, bounds)}
+        return self._lookup
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, torch.Tensor]:
+        """``n`` i.i.d. (factors, images) pairs, as the i.i.d. metrics draw them."""
+        self._require_factors("sample")
+        if self.is_grid:
+            f = self.sample_factors(n, rng)
+            return f, self.images_for(f)
+        rows = torch.from_numpy(rng.integers(0, len(self), size=n))
+        return self.factors[rows].numpy().copy(), self.images[rows]
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_arrays(cls, images, factors=None, factor_names: Sequence[str] | None = None,
+                    factor_sizes: Sequence[int] | None = None, factor_values=None,
+                    name: str = "custom") -> "FactorDataset":
+        """Wrap a user's arrays. A full grid (every combination once) is detected and put in
+        canonical order; anything else is a labelled set. Size-1 factors are dropped."""
+        images = _as_uint8_nchw(images)
+        if factors is None:
+            return cls(images=images, name=name)
+        f = np.asarray(factors)
+        if f.ndim != 2 or f.shape[0] != images.shape[0]:
+            raise VaelabError(f"factors must be N x K with N = {images.shape[0]}, got shape {f.shape}")
+        if not np.issubdtype(f.dtype, np.integer):
+            raise VaelabError("factors must be integer class indices (N x K)")
+        f = f.astype(np.int64)
+        k = f.shape[1]
+        names = list(factor_names) if factor_names is not None else [f"factor_{i}" for i in range(k)]
+        sizes = list(factor_sizes) if factor_sizes is not None else [int(f[:, i].max()) + 1 for i in range(k)]
+        values = list(factor_values) if factor_values is not None else [np.arange(s, dtype=np.float64) for s in sizes]
+        if len(names) != k or len(sizes) != k or len(values) != k:
+            raise VaelabError(f"got {k} factor columns but {len(names)} names / {len(sizes)} sizes")
+        if (f < 0).any() or (f >= np.asarray(sizes)).any():
+            raise VaelabError("factor values must be class indices in [0, size)")
+        keep = [i for i, s in enumerate(sizes) if s > 1]
+        f = f[:, keep]
+        names = [names[i] for i in keep]
+        sizes = [int(sizes[i]) for i in keep]
+        values = [np.asarray(values[i]) for i in keep]
+        is_grid = False
+        total = int(np.prod(sizes)) if sizes else 1
+        if sizes and total == len(f):
+            bases = np.concatenate([np.cumprod(np.asarray(sizes)[::-1])[::-1][1:], [1]]).astype(np.int64)
+            flat = f @ bases
+            if np.array_equal(np.sort(flat), np.arange(total)):
+                is_grid = True
+                if not np.array_equal(flat, np.arange(total)):
+                    order = np.argsort(flat)
+                    images = images[torch.from_numpy(order)]
+                    f = f[order]
+        return cls(images=images, factors=torch.from_numpy(np.ascontiguousarray(f)), factor_names=names,
+                   factor_sizes=sizes, factor_values=values, is_grid=is_grid, name=name)
