@@ -1,0 +1,49 @@
+"""`vaelab train` and `vaelab presets`."""
+from __future__ import annotations
+
+
+def register(sub):
+    p = sub.add_parser("train", help="train a model from a preset or a TOML config",
+                       description="Train a model. PRESET is a name from `vaelab presets` or a .toml file.")
+    p.add_argument("preset", metavar="PRESET|FILE.toml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set model.beta=4 (repeatable)")
+    p.add_argument("--steps", type=int, help="training iterations")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out", help="run folder (default: runs/<preset name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in the run folder")
+    p.add_argument("--checkpoint-every", type=int, metavar="N")
+    p.add_argument("--folds", type=int, metavar="K", help="k-fold cross-validation: K models")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    p.set_defaults(func=run_train)
+
+    q = sub.add_parser("presets", help="list the presets with their sources")
+    q.set_defaults(func=run_presets)
+
+
+def run_train(args):
+    from ..training import train
+
+    kwargs = {"steps": args.steps, "seed": args.seed, "device": args.device,
+              "checkpoint_every": args.checkpoint_every, "folds": args.folds}
+    result = train(args.preset, overrides=args.overrides, resume=args.resume, quiet=args.quiet,
+                   run_dir=args.out, **kwargs)
+    if not args.quiet and not isinstance(result, dict):
+        print(f"run folder: {result.path} (step {result.step})")
+    return 0
+
+
+def run_presets(args):
+    from ..config import load_preset, preset_names
+
+    rows = []
+    for name in preset_names():
+        d = load_preset(name)
+        m = d.get("model", {})
+        rows.append((name, f"{m.get('objective', '?')}/{m.get('net', '?')}", d.get("data", {}).get("name", "?"),
+                     d.get("source", "")))
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}")
+    return 0

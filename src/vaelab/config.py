@@ -1,0 +1,343 @@
+"""Run configuration: dataclasses, TOML presets, dotted ``--set`` overrides.
+
+A config has four tables, each validated once here:
+
+* ``[data]``  which dataset, split, size, validation fraction and sampling mode;
+* ``[model]`` the objective, network, latent size, likelihood and the objective's own keys
+  (validated by :func:`vaelab.models.build_model`; defaults filled by ``objective_defaults``);
+* ``[optim.<group>]`` one Adam per parameter group ("vae"; FactorVAE adds "disc"), each with
+  its own lr, betas and schedule;
+* ``[train]`` length, batch size, seed, device, logging / image / checkpoint cadence.
+
+The resolved config is saved as ``runs/NAME/config.toml`` and is all a run needs to be rebuilt.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import VaelabError, closest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+SAMPLING_MODES = ("epoch_permutation", "iid")  # SPEC 1.5
+SCHEDULES = ("constant", "step", "exponential", "plateau")
+
+
+@dataclass
+class DataConfig:
+    name: str = "dsprites-procedural"
+    root: str = ""  # file or folder; "" = the data directory
+    split: str = "train"
+    size: int = 0  # image side; 0 = the dataset's default
+    val_fraction: float = 0.0  # held-out fraction of the training split (deterministic, by train.seed)
+    sampling: str = "epoch_permutation"  # SPEC 1.5: "epoch_permutation" (default) or "iid" (dlib)
+    options: dict = field(default_factory=dict)  # loader options (e.g. preprocessing = "center_crop_148")
+
+    def validate(self):
+        if self.sampling not in SAMPLING_MODES:
+            raise VaelabError(f"data.sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise VaelabError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.size < 0:
+            raise VaelabError(f"data.size must be >= 0, got {self.size}")
+
+
+@dataclass
+class OptimConfig:
+    """Adam for one parameter group, with a learning-rate schedule over iterations."""
+
+    lr: float = 1e-4
+    betas: list = field(default_factory=lambda: [0.9, 0.999])  # Adam defaults (SPEC 4)
+    eps: float = 1e-8  # SPEC 1.5
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | step | exponential | plateau
+    decay: float = 1.0  # multiplicative factor of step / exponential / plateau schedules
+    decay_every: int = 0  # step: multiply by `decay` every N iterations; exponential: lr * decay**(t/N)
+    milestones: list = field(default_factory=list)  # step: multiply by `decay` at these iterations instead
+    patience: int = 5  # plateau: validations without improvement before decaying (seed 001: 5 epochs)
+    min_lr: float = 0.0  # plateau floor (seed 001: 1e-10)
+
+    def validate(self, group: str):
+        if self.schedule not in SCHEDULES:
+            raise VaelabError(f"optim.{group}.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise VaelabError(f"optim.{group}.lr must be a positive number, got {self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise VaelabError(f"optim.{group}.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.schedule in ("exponential",) and self.decay_every <= 0:
+            raise VaelabError(f"optim.{group}.decay_every must be > 0 for the {self.schedule} schedule")
+        if self.schedule == "step" and self.decay_every <= 0 and not self.milestones:
+            raise VaelabError(f"optim.{group}: the step schedule needs decay_every or milestones")
+
+    def lr_at(self, t: int, plateau_factor: float = 1.0) -> float:
+        """Learning rate after ``t`` completed iterations (plateau decays are passed in)."""
+        if self.schedule == "step":
+            if self.milestones:
+                n = sum(1 for m in self.milestones if t >= m)
+            else:
+                n = t // self.decay_every
+            return self.lr * self.decay ** n
+        if self.schedule == "exponential":
+            return self.lr * self.decay ** (t / self.decay_every)
+        if self.schedule == "plateau":
+            return max(self.lr * plateau_factor, self.min_lr)
+        return self.lr
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000  # iterations (SPEC 1.5: one iteration = one update of every optimiser)
+    epochs: float = 0.0  # if > 0, steps = epochs * floor(N_train / batch_size) (SPEC 1.5)
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    log_every: int = 100
+    image_every: int = 0  # reconstruction grids to images/ and TensorBoard; 0 = only at the end
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 3
+    val_every: int = 0  # 0 = no validation (unless val_fraction > 0: then at every log step... see trainer)
+    val_batches: int = 10
+    folds: int = 0  # k-fold cross-validation: K models, each validated on the fold it never saw
+    out: str = ""  # the run folder; "" = runs/<name>
+    tensorboard: bool = True
+
+    def validate(self):
+        for key in ("batch_size", "log_every", "keep_checkpoints", "val_batches"):
+            if getattr(self, key) <= 0:
+                raise VaelabError(f"train.{key} must be > 0, got {getattr(self, key)}")
+        for key in ("steps", "checkpoint_every", "image_every", "val_every"):
+            if getattr(self, key) < 0:
+                raise VaelabError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if self.folds == 1 or self.folds < 0:
+            raise VaelabError(f"train.folds must be 0 (off) or >= 2, got {self.folds}")
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    description: str = ""
+    source: str = ""  # where the recipe comes from (paper, repository, script)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict = field(default_factory=lambda: {"objective": "betavae"})
+    optim: dict = field(default_factory=lambda: {"vae": OptimConfig()})
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> "Config":
+        self.data.validate()
+        self.train.validate()
+        for group, oc in self.optim.items():
+            oc.validate(group)
+        if not isinstance(self.model, dict) or "objective" not in self.model:
+            raise VaelabError("the [model] table needs an `objective` key")
+        from .models import objective_defaults
+
+        defaults = objective_defaults(self.model["objective"])  # raises for unknown objectives
+        unknown = [k for k in self.model if k not in defaults]
+        if unknown:
+            raise VaelabError(f"unknown model key {unknown[0]!r} for objective {self.model['objective']!r}"
+                              f"{closest(unknown[0], defaults)}; valid keys: {', '.join(sorted(defaults))}")
+        self.model = {**defaults, **self.model}
+        return self
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        d = dict(d)
+        d.pop("extends", None)
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in d:
+            if key not in known:
+                raise VaelabError(f"unknown config key {key!r}{closest(key, known)}; "
+                                  f"tables are [data], [model], [optim.<group>], [train]")
+        data = _build(DataConfig, d.get("data", {}), "data")
+        train = _build(TrainConfig, d.get("train", {}), "train")
+        optim_d = d.get("optim", {"vae": {}})
+        if not isinstance(optim_d, dict) or not all(isinstance(v, dict) for v in optim_d.values()):
+            raise VaelabError("[optim] must hold one table per parameter group, e.g. [optim.vae]")
+        optim = {g: _build(OptimConfig, v, f"optim.{g}") for g, v in optim_d.items()}
+        model = dict(d.get("model", {"objective": "betavae"}))
+        return cls(name=d.get("name", "run"), description=d.get("description", ""),
+                   source=d.get("source", ""), data=data, model=model, optim=optim, train=train)
+
+    def to_toml(self) -> str:
+        return dumps_toml(self.to_dict())
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise VaelabError(f"[{where}] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise VaelabError(f"unknown key {where}.{key}{closest(key, fields)}; "
+                              f"valid keys: {', '.join(fields)}")
+        kwargs[key] = _coerce(value, fields[key], f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value, f: dataclasses.Field, where: str):
+    """Check a TOML value against the field's default type (ints accepted for floats)."""
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if expected is bool and not isinstance(value, bool):
+        raise VaelabError(f"{where} must be true or false, got {value!r}")
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise VaelabError(f"{where} must be {expected.__name__}, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------- presets and overrides
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml") if not p.stem.startswith("_"))
+
+
+def read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            d = tomllib.load(fh)
+    except FileNotFoundError:
+        raise VaelabError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise VaelabError(f"{path} is not valid TOML: {e}") from None
+    parent = d.get("extends")
+    if parent:  # a preset may extend another (same folder, or a named preset)
+        base_path = path.parent / f"{parent}.toml"
+        if not base_path.exists():
+            base_path = PRESET_DIR / f"{parent}.toml"
+        d = merge(read_toml(base_path), d)
+        d.pop("extends", None)
+    return d
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options":
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_preset(name_or_path: str | Path) -> dict:
+    """The raw dict of a preset name (see ``vaelab presets``) or a TOML file path."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        return read_toml(p)
+    path = PRESET_DIR / f"{name_or_path}.toml"
+    if not path.exists():
+        raise VaelabError(f"unknown preset {str(name_or_path)!r}{closest(str(name_or_path), preset_names())}; "
+                          f"`vaelab presets` lists them, or pass a .toml file")
+    d = read_toml(path)
+    d.setdefault("name", str(name_or_path))
+    return d
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"model.gamma=10"`` -> (["model", "gamma"], 10). Values are TOML (strings may be bare)."""
+    if "=" not in item:
+        raise VaelabError(f"bad override {item!r}: expected key=value, e.g. model.beta=4")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise VaelabError(f"bad override {item!r}: the key must be dotted, e.g. train.steps=100")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # bare string
+    return key.split("."), value
+
+
+def apply_overrides(d: dict, overrides) -> dict:
+    """Apply ``--set`` style overrides (strings "a.b=v" or a dict {"a.b": v})."""
+    d = merge({}, d)
+    items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides]
+    for key, value in items:
+        parts = key.split(".") if isinstance(key, str) else key
+        node = d
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise VaelabError(f"bad override {'.'.join(parts)}: {part!r} is not a table")
+            node = nxt
+        node[parts[-1]] = value
+    return d
+
+
+def resolve(preset_or_config, overrides=None) -> Config:
+    """Preset name, TOML path, dict or Config + overrides -> a validated Config."""
+    if isinstance(preset_or_config, Config):
+        d = preset_or_config.to_dict()
+    elif isinstance(preset_or_config, dict):
+        d = preset_or_config
+    else:
+        d = load_preset(preset_or_config)
+    if overrides:
+        d = apply_overrides(d, overrides)
+    return Config.from_dict(d).validate()
+
+
+# ---------------------------------------------------------------------- a small TOML writer
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    if v is None:
+        raise ValueError("TOML has no null")
+    return _toml_value(str(v))
+
+
+def _toml_key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else _toml_value(k)
+
+
+_INLINE_TABLES = ("options", "net_options")  # small dicts written inline
+
+
+def dumps_toml(d: dict, prefix: str = "") -> str:
+    """Serialise nested dicts (tables) of scalars, lists and small inline dicts."""
+    is_table = lambda k, v: isinstance(v, dict) and k not in _INLINE_TABLES  # noqa: E731
+    scalars = [(k, v) for k, v in d.items() if v is not None and not is_table(k, v)]
+    tables = [(k, v) for k, v in d.items() if is_table(k, v)]
+    parts = []
+    if prefix and (scalars or not tables):
+        parts.append(f"[{prefix}]")
+    parts += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in scalars]
+    for k, v in tables:
+        name = f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k)
+        parts.append("")
+        parts.append(dumps_toml(v, name).rstrip("\n"))
+    return "\n".join(parts).strip("\n") + "\n"

@@ -1,0 +1,186 @@
+"""The VAE base class every objective derives from (SPEC §1, §3.1).
+
+A model is an ``nn.Module`` holding an encoder (images -> ``B×2D``: μ then ln σ²) and a decoder
+(codes -> logits ``o``). ``loss(x, step)`` returns a dict of named terms with ``"loss"``; ``update``
+runs one whole training iteration (every optimiser once, SPEC §1.5). Both have static shapes and no
+host synchronisation, so the trainer may run them eagerly, under ``torch.compile`` or inside a CUDA
+graph. ``step`` is a 0-dim tensor on the model's device or a Python int (completed iterations).
+
+The plain ``vae`` objective is this class: loss = recon + KL.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import VaelabError, closest
+from ..nets import build_net, canonical_net
+from .likelihood import check_likelihood, kl_normal, mean_image, recon_loss
+
+__all__ = ["VAE", "step_tensor"]
+
+
+def step_tensor(step, device) -> torch.Tensor:
+    """``step`` (tensor or int) as a float32 0-dim tensor on ``device`` without a host sync."""
+    if isinstance(step, torch.Tensor):
+        return step.to(device=device, dtype=torch.float32).reshape(())
+    return torch.full((), float(step), device=device, dtype=torch.float32)
+
+
+class VAE(nn.Module):
+    """Plain VAE (``objective = "vae"``): loss = recon + KL, reduced per SPEC §1.3."""
+
+    objective: ClassVar[str] = "vae"
+    #: the objective's own [model] keys and their defaults (sources in comments of each subclass)
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: allowed values for string-valued keys
+    choices: ClassVar[dict[str, tuple]] = {}
+    #: common keys whose default differs for this objective (e.g. UG-VAE's gaussian likelihood)
+    common_overrides: ClassVar[dict[str, Any]] = {}
+    default_net: ClassVar[str] = "burgess64"
+    #: images per iteration = batches_per_step × batch size (FactorVAE second_batch: 2)
+    batches_per_step: int = 1
+
+    def __init__(self, image_shape, latent_dim: int, net: str | None = None, likelihood: str = "bernoulli",
+                 variance: float = 0.5, net_options: dict | None = None, num_train: int | None = None,
+                 **params):
+        super().__init__()
+        check_likelihood(likelihood, variance)
+        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
+            raise VaelabError(f"latent_dim must be a positive integer, got {latent_dim!r}")
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.latent_dim = int(latent_dim)
+        self.likelihood = likelihood
+        self.variance = float(variance)
+        self.num_train = None if num_train is None else int(num_train)
+        self.hparams = self._resolve_params(params)
+        for key, value in self.hparams.items():
+            setattr(self, key, value)
+        self.net_name = canonical_net(net if net is not None else self.default_net)
+        self.net_options = dict(net_options or {})
+        self._build_networks()
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def _resolve_params(cls, params: dict) -> dict:
+        out = dict(cls.defaults)
+        for key, value in params.items():
+            if key not in cls.defaults:
+                valid = sorted(cls.defaults)
+                raise VaelabError(
+                    f"unknown key {key!r} for objective {cls.objective!r}{closest(key, valid)}; "
+                    f"valid: {', '.join(valid) if valid else '(none)'}"
+                )
+            default = cls.defaults[key]
+            if key in cls.choices:
+                if value not in cls.choices[key]:
+                    raise VaelabError(
+                        f"{cls.objective}: {key} must be one of {', '.join(map(repr, cls.choices[key]))}, "
+                        f"got {value!r}{closest(str(value), cls.choices[key])}"
+                    )
+            elif isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise VaelabError(f"{cls.objective}: {key} must be true or false, got {value!r}")
+            elif isinstance(default, int):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise VaelabError(f"{cls.objective}: {key} must be an integer, got {value!r}")
+            elif isinstance(default, float):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise VaelabError(f"{cls.objective}: {key} must be a number, got {value!r}")
+                value = float(value)
+            out[key] = value
+        return out
+
+    def _build_networks(self) -> None:
+        self.encoder, self.decoder = build_net(self.net_name, self.image_shape, self.latent_dim, self.net_options)
+
+    def config(self) -> dict:
+        """The [model] table that rebuilds this model with :func:`vaelab.models.build_model`."""
+        return {
+            "objective": self.objective,
+            "net": self.net_name,
+            "latent_dim": self.latent_dim,
+            "likelihood": self.likelihood,
+            "variance": self.variance,
+            "net_options": dict(self.net_options),
+            **self.hparams,
+        }
+
+    # ------------------------------------------------------------------ the model
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior parameters ``(mu, logvar)``, each ``B×D``."""
+        h = self.encoder(x)
+        return h[:, : self.latent_dim], h[:, self.latent_dim:]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Unconstrained decoder output ``o`` (``B×C×H×W``)."""
+        return self.decoder(z)
+
+    @staticmethod
+    def mean_image(o: torch.Tensor) -> torch.Tensor:
+        return mean_image(o)
+
+    @staticmethod
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+    def representation(self, x: torch.Tensor) -> torch.Tensor:
+        """The code the metrics score: posterior means ``B×D``."""
+        return self.encode(x)[0]
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean image decoded from the posterior mean."""
+        return self.mean_image(self.decode(self.representation(x)))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean images of ``n`` codes drawn from the prior N(0, I)."""
+        dev = next(self.parameters()).device
+        z = torch.randn(n, self.latent_dim, device=dev, generator=generator)
+        return self.mean_image(self.decode(z))
+
+    def recon(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-image negative log-likelihood (``B`` vector)."""
+        return recon_loss(o, x, self.likelihood, self.variance)
+
+    def _vae_forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        mu, logvar = self.encode(x)
+        z = self.reparameterize(mu, logvar)
+        o = self.decode(z)
+        kl_nd = kl_normal(mu, logvar)
+        return {
+            "mu": mu, "logvar": logvar, "z": z, "o": o,
+            "recon": self.recon(o, x).mean(),
+            "kl": kl_nd.sum(1).mean(),
+            "kl_per_dim": kl_nd.mean(0),
+        }
+
+    def _objective(self, out: dict[str, torch.Tensor], x: torch.Tensor, step) -> dict[str, torch.Tensor]:
+        return {"loss": out["recon"] + out["kl"]}
+
+    def loss(self, x: torch.Tensor, step=0) -> dict[str, torch.Tensor]:
+        """Named terms for a batch ``x`` (float ``B×C×H×W`` in [0, 1]) at iteration ``step``."""
+        out = self._vae_forward(x)
+        terms = self._objective(out, x, step)
+        return {"loss": terms.pop("loss"), "recon": out["recon"], "kl": out["kl"],
+                "kl_per_dim": out["kl_per_dim"], **terms}
+
+    # ------------------------------------------------------------------ training
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameter groups, one optimiser each (the trainer builds one Adam per group)."""
+        return {"vae": list(self.parameters())}
+
+    def update(self, x: torch.Tensor, step, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
+        """One training iteration: zero grads, backward, step every optimiser; detached terms."""
+        for opt in optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        terms = self.loss(x, step)
+        terms["loss"].backward()
+        for opt in optimizers.values():
+            opt.step()
+        return {k: v.detach() for k, v in terms.items()}

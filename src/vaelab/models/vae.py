@@ -1,0 +1,16 @@
+"""``vae`` and ``betavae`` (Higgins et al. 2017, "H"): loss = recon + β·KL (SPEC §3.1–3.2)."""
+from __future__ import annotations
+
+from .base import VAE
+
+__all__ = ["VAE", "BetaVAE"]
+
+
+class BetaVAE(VAE):
+    objective = "betavae"
+    defaults = {
+        "beta": 4.0,  # Higgins et al. 2017, dSprites (via YannDubs/disentangling-vae hyperparam.ini)
+    }
+
+    def _objective(self, out, x, step):
+        return {"loss": out["recon"] + self.beta * out["kl"]}

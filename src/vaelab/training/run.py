@@ -1,0 +1,119 @@
+"""A trained run, reopened from its folder: config, model, encode / decode, dataset."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import Config, read_toml
+from ..errors import VaelabError
+from . import checkpoint
+
+
+class Run:
+    """A run folder with its model loaded from a checkpoint (default: the newest).
+
+    ``config`` is the resolved config as a dict (``cfg`` the :class:`Config`), ``model`` the
+    network in eval mode, ``step`` the checkpoint's iteration count."""
+
+    def __init__(self, path: Path, cfg: Config, model, step: int, device: torch.device):
+        self.path = Path(path)
+        self.cfg = cfg
+        self.config = cfg.to_dict()
+        self.model = model
+        self.step = step
+        self.device = device
+        self._datasets: dict = {}
+
+    def __repr__(self):
+        return f"Run({str(self.path)!r}, objective={self.config['model']['objective']!r}, step={self.step})"
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.model.latent_dim)
+
+    @torch.no_grad()
+    def encode(self, images, batch_size: int = 512) -> np.ndarray:
+        """Posterior means ``N x D`` of uint8 images ``N x C x H x W`` (tensor or array)."""
+        images = torch.as_tensor(images)
+        if images.dtype != torch.uint8:
+            raise VaelabError(f"encode expects uint8 images, got {images.dtype}")
+        if images.ndim == 3:
+            images = images.unsqueeze(1)
+        out = []
+        for i in range(0, len(images), batch_size):
+            x = images[i:i + batch_size].to(self.device).float().div_(255.0)
+            out.append(self.model.representation(x).float().cpu())
+        if not out:
+            return np.zeros((0, self.latent_dim), dtype=np.float32)
+        return torch.cat(out).numpy()
+
+    @torch.no_grad()
+    def encode_params(self, images, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """(mu, logvar) of the posterior for uint8 images."""
+        images = torch.as_tensor(images)
+        mus, lvs = [], []
+        for i in range(0, len(images), batch_size):
+            x = images[i:i + batch_size].to(self.device).float().div_(255.0)
+            mu, lv = self.model.encode(x)
+            mus.append(mu.float().cpu())
+            lvs.append(lv.float().cpu())
+        return torch.cat(mus).numpy(), torch.cat(lvs).numpy()
+
+    @torch.no_grad()
+    def decode(self, z, **kwargs) -> torch.Tensor:
+        """Mean images in [0, 1] (``B x C x H x W`` float) for latent codes ``B x D``."""
+        z = torch.as_tensor(np.asarray(z, dtype=np.float32) if not isinstance(z, torch.Tensor) else z)
+        z = z.to(self.device, torch.float32)
+        return self.model.mean_image(self.model.decode(z, **kwargs)).clamp(0, 1).cpu()
+
+    def dataset(self, split: str = "train"):
+        """The run's dataset (as configured), loaded once."""
+        if split not in self._datasets:
+            from .. import data
+
+            d = self.cfg.data
+            self._datasets[split] = data.load(d.name, root=d.root or None, split=split, size=d.size or None,
+                                              **d.options)
+        return self._datasets[split]
+
+    def checkpoints(self) -> list[Path]:
+        return checkpoint.list_checkpoints(self.path)
+
+    def metrics(self) -> list[dict]:
+        from .logger import read_metrics
+
+        return read_metrics(self.path)
+
+
+def is_run_dir(path) -> bool:
+    p = Path(path)
+    return (p / "config.toml").is_file()
+
+
+def load_run(path, step: int | None = None, device: str = "cpu") -> Run:
+    """Open a run folder; ``step`` picks an older checkpoint (default: the newest)."""
+    from ..models import build_model
+    from .trainer import load_dataset, pick_device  # noqa: F401  (load_dataset used by callers)
+
+    path = Path(path)
+    if not path.is_dir():
+        raise VaelabError(f"{path} is not a folder: expected a run folder made by `vaelab train`")
+    if not is_run_dir(path):
+        raise VaelabError(f"{path} is not a run folder (no config.toml); train one with `vaelab train`")
+    ck = checkpoint.find(path, step)
+    tensors, state = checkpoint.load(ck)
+    cfg = Config.from_dict(state.get("config") or read_toml(path / "config.toml")).validate()
+    dev = pick_device(device)
+    shape = state.get("image_shape")
+    if shape is None:
+        raise VaelabError(f"checkpoint {ck} has no image_shape; it was not written by this vaelab version")
+    model = build_model(cfg.model, tuple(shape), num_train=int(state.get("num_train", 1)))
+    sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise VaelabError(f"checkpoint {ck} does not match its config: {str(e).splitlines()[0]}") from None
+    model.to(dev).eval()
+    return Run(path, cfg, model, int(state["step"]), dev)

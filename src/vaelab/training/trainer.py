@@ -1,0 +1,377 @@
+"""The training loop: one loop for every objective.
+
+Read it top to bottom: set up (data, model, optimisers, sampler, resume), then the loop
+``x = sampler.next(); terms = model.update(x, step, optimizers)``, and every k steps the
+bookkeeping (log, validate, images, checkpoint). The iteration itself has static shapes and no
+host syncs: values are read on log steps only; non-finite terms are caught on the device (the
+first bad step per term is recorded without a sync) and reported exactly on the next read.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import Config, resolve
+from ..errors import VaelabError
+from . import checkpoint
+from .logger import RunLogger
+from .sampler import BatchSampler
+
+IMAGE_ROWS = 8  # images shown in reconstruction grids
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise VaelabError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise VaelabError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+
+
+def default_run_dir(cfg: Config) -> Path:
+    return Path(cfg.train.out) if cfg.train.out else Path("runs") / cfg.name
+
+
+def load_dataset(cfg: Config):
+    from .. import data
+
+    return data.load(cfg.data.name, root=cfg.data.root or None, split=cfg.data.split,
+                     size=cfg.data.size or None, **cfg.data.options)
+
+
+def _scalar_terms(terms: dict) -> dict:
+    return {k: v for k, v in terms.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (cluster pre-emption) ends training like Ctrl-C: checkpoint, then stop."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+class Trainer:
+    """Trains one model from a validated :class:`Config` into one run folder."""
+
+    def __init__(self, cfg: Config, *, run_dir: Path | None = None, resume: bool = False,
+                 quiet: bool = False, dataset=None, train_indices=None, val_indices=None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
+        self.quiet = quiet
+        self.device = pick_device(cfg.train.device)
+        tc = cfg.train
+
+        # ---- resume: the saved config wins; only the length may be extended
+        ck_state = None
+        if resume:
+            ck = checkpoint.find(self.run_dir)
+            ck_tensors, ck_state = checkpoint.load(ck)
+            saved = Config.from_dict(ck_state["config"]).validate()
+            saved.train.steps = max(cfg.train.steps, saved.train.steps) if cfg.train.steps else saved.train.steps
+            saved.train.epochs = 0.0
+            saved.train.device = cfg.train.device
+            self.cfg = cfg = saved
+            tc = cfg.train
+        elif checkpoint.list_checkpoints(self.run_dir):
+            raise VaelabError(f"{self.run_dir} already holds a run with checkpoints; pass --resume to continue "
+                              f"it, or choose another --out")
+
+        # ---- data
+        self.dataset = dataset if dataset is not None else load_dataset(cfg)
+        n = len(self.dataset)
+        if train_indices is None:
+            if cfg.data.val_fraction > 0:
+                from ..data.splits import train_val_split
+
+                train_indices, val_indices = train_val_split(n, cfg.data.val_fraction, tc.seed)
+            else:
+                train_indices = np.arange(n)
+        self.train_indices = torch.as_tensor(np.asarray(train_indices), dtype=torch.int64)
+        self.val_indices = None if val_indices is None else torch.as_tensor(np.asarray(val_indices), dtype=torch.int64)
+        if tc.epochs > 0:
+            tc.steps = int(tc.epochs * (len(self.train_indices) // tc.batch_size))
+            tc.epochs = 0.0  # resolved: the saved config holds the step count
+
+        # ---- model and optimisers
+        from ..models import build_model
+
+        torch.manual_seed(tc.seed)
+        self.model = build_model(cfg.model, self.dataset.image_shape, num_train=len(self.train_indices)).to(self.device)
+        groups = self.model.param_groups()
+        missing = [g for g in groups if g not in cfg.optim]
+        if missing:
+            raise VaelabError(f"the {cfg.model['objective']} model has parameter group {missing[0]!r} "
+                              f"but the config has no [optim.{missing[0]}] table")
+        extra = [g for g in cfg.optim if g not in groups]
+        if extra:
+            raise VaelabError(f"[optim.{extra[0]}] does not match a parameter group of the "
+                              f"{cfg.model['objective']} model (groups: {', '.join(groups)})")
+        self.optimizers = {
+            g: torch.optim.Adam(params, lr=cfg.optim[g].lr, betas=tuple(cfg.optim[g].betas),
+                                eps=cfg.optim[g].eps, weight_decay=cfg.optim[g].weight_decay)
+            for g, params in groups.items()}
+        self.plateau = {g: {"factor": 1.0, "best": math.inf, "bad": 0} for g in groups}
+
+        images = self.dataset.images
+        if self.device.type == "cuda" and images.device.type == "cpu":
+            images = images.to(self.device)  # uint8 on the GPU: a batch is one gather
+        self.sampler = BatchSampler(images, self.train_indices, tc.batch_size, mode=cfg.data.sampling,
+                                    seed=tc.seed, device=self.device)
+        self.step = 0
+        self.elapsed = 0.0
+        if ck_state is not None:
+            self._restore(ck_tensors, ck_state)
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.toml").write_text(self.cfg.to_toml())
+        self._bad_steps = None  # per-term first non-finite step, on the device
+        self._term_names: list[str] = []
+        self.last_checkpoint: Path | None = None
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self) -> tuple[dict, dict]:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        optim_info = {}
+        for g, opt in self.optimizers.items():
+            t, info = checkpoint.optimizer_to_flat(g, opt)
+            tensors.update(t)
+            optim_info[g] = info
+        tensors["rng.torch"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        st, sinfo = self.sampler.state()
+        tensors.update(st)
+        state = {"step": self.step, "config": self.cfg.to_dict(), "optim": optim_info, "sampler": sinfo,
+                 "plateau": self.plateau, "elapsed": self.elapsed, "format": 1,
+                 "image_shape": list(self.dataset.image_shape), "num_train": len(self.train_indices)}
+        return tensors, state
+
+    def _restore(self, tensors: dict, state: dict):
+        model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        try:
+            self.model.load_state_dict(model_sd)
+        except RuntimeError as e:
+            raise VaelabError(f"checkpoint does not match the model: {str(e).splitlines()[0]}") from None
+        for g, opt in self.optimizers.items():
+            checkpoint.optimizer_from_flat(g, opt, tensors, state["optim"][g])
+        torch.set_rng_state(tensors["rng.torch"])
+        if self.device.type == "cuda" and "rng.cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        self.sampler.load_state(tensors, state["sampler"])
+        self.plateau = state.get("plateau", self.plateau)
+        self.step = int(state["step"])
+        self.elapsed = float(state.get("elapsed", 0.0))
+
+    def save_checkpoint(self) -> Path:
+        self._check_finite()  # never save a model that has gone NaN
+        tensors, state = self._state()
+        self.last_checkpoint = checkpoint.save(self.run_dir, self.step, tensors, state,
+                                               keep=self.cfg.train.keep_checkpoints)
+        return self.last_checkpoint
+
+    # ------------------------------------------------------------------ finite checks
+    def _track_finite(self, terms: dict, step_t: torch.Tensor):
+        scalars = _scalar_terms(terms)
+        if self._bad_steps is None:
+            self._term_names = list(scalars)
+            self._bad_steps = torch.full((len(scalars),), -1, dtype=torch.int64, device=self.device)
+        bad = ~torch.isfinite(torch.stack([scalars[k].float() for k in self._term_names]))
+        self._bad_steps = torch.where(bad & (self._bad_steps < 0), step_t, self._bad_steps)
+
+    def _check_finite(self):
+        if self._bad_steps is None:
+            return
+        bad = self._bad_steps.tolist()
+        hits = [(s, name) for s, name in zip(bad, self._term_names) if s >= 0]
+        if hits:
+            s, name = min(hits)
+            where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+                     else "no checkpoint was saved before it")
+            raise VaelabError(f"non-finite value in term {name!r} at step {s + 1}: training stopped; {where} "
+                              f"(lower the learning rate or check the data)")
+
+    # ------------------------------------------------------------------ lr schedules
+    def _set_lrs(self):
+        for g, opt in self.optimizers.items():
+            lr = self.cfg.optim[g].lr_at(self.step, self.plateau[g]["factor"])
+            for pg in opt.param_groups:
+                pg["lr"] = lr
+
+    def _plateau_update(self, val_loss: float):
+        for g, p in self.plateau.items():
+            oc = self.cfg.optim[g]
+            if oc.schedule != "plateau":
+                continue
+            if val_loss < p["best"] - 1e-12:
+                p["best"], p["bad"] = val_loss, 0
+            else:
+                p["bad"] += 1
+                if p["bad"] > oc.patience:
+                    p["factor"] *= oc.decay
+                    p["bad"] = 0
+
+    # ------------------------------------------------------------------ evaluation pieces
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Mean of every scalar term over fixed validation batches (eval mode, RNG untouched)."""
+        if self.val_indices is None or len(self.val_indices) == 0:
+            return {}
+        bs = self.cfg.train.batch_size * self.model.batches_per_step
+        idx = self.val_indices
+        if len(idx) < bs:
+            raise VaelabError(f"the validation split has {len(idx)} images, fewer than one batch of {bs}")
+        n_batches = min(self.cfg.train.val_batches, len(idx) // bs)
+        sums: dict[str, float] = {}
+        self.model.eval()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(0)
+            for b in range(n_batches):
+                sel = idx[b * bs:(b + 1) * bs].to(self.sampler.images.device)
+                x = self.sampler.images[sel].to(self.device).float().div_(255.0)
+                terms = _scalar_terms(self.model.loss(x, self.step))
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+        self.model.train()
+        return {f"val.{k}": v / n_batches for k, v in sums.items()}
+
+    @torch.no_grad()
+    def save_images(self):
+        from ..viz.grid import make_grid, save_png
+
+        idx = self.train_indices[:IMAGE_ROWS] if self.val_indices is None else self.val_indices[:IMAGE_ROWS]
+        x_u8 = self.sampler.images[idx.to(self.sampler.images.device)]
+        self.model.eval()
+        x = x_u8.to(self.device).float() / 255.0
+        mu, _ = self.model.encode(x)
+        recon = self.model.mean_image(self.model.decode(mu))
+        self.model.train()
+        recon_u8 = (recon.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+        grid = make_grid(torch.cat([x_u8.cpu(), recon_u8]), nrow=len(x_u8))
+        out = self.run_dir / "images"
+        out.mkdir(exist_ok=True)
+        save_png(grid, out / f"reconstruction_step{self.step:08d}.png")
+        self.logger.image("reconstruction", self.step, grid)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> "Path":
+        from tqdm.auto import tqdm
+
+        cfg, tc = self.cfg, self.cfg.train
+        self.logger = RunLogger(self.run_dir, tensorboard=tc.tensorboard)
+        step_t = torch.zeros((), dtype=torch.int64, device=self.device)
+        n_batches = self.model.batches_per_step
+        bar = tqdm(total=tc.steps, initial=self.step, disable=self.quiet, unit="it", dynamic_ncols=True,
+                   desc=self.run_dir.name)
+        t_last, s_last = time.perf_counter(), self.step
+        last_terms = None
+        self.model.train()
+        try:
+            with _sigterm_as_interrupt():
+                while self.step < tc.steps:
+                    self._set_lrs()
+                    step_t.fill_(self.step)
+                    x = self.sampler.next(n_batches)
+                    terms = self.model.update(x, step_t, self.optimizers)
+                    self._track_finite(terms, step_t)
+                    last_terms = terms
+                    self.step += 1
+                    bar.update(1)
+
+                    done = self.step == tc.steps
+                    if self.step % tc.log_every == 0 or done:
+                        now = time.perf_counter()
+                        self.elapsed += now - t_last
+                        rate = (self.step - s_last) / max(now - t_last, 1e-9)
+                        self._log(terms, rate)
+                        t_last, s_last = time.perf_counter(), self.step
+                        bar.set_postfix(loss=f"{float(terms['loss']):.4g}", refresh=False)
+                    if tc.val_every and (self.step % tc.val_every == 0 or done) and self.val_indices is not None:
+                        val = self.validate()
+                        self.logger.log(self.step, val)
+                        self._plateau_update(val.get("val.loss", math.inf))
+                    if (tc.image_every and self.step % tc.image_every == 0) or done:
+                        self.save_images()
+                    if (tc.checkpoint_every and self.step % tc.checkpoint_every == 0) or done:
+                        self.save_checkpoint()
+                if last_terms is None:  # nothing left to do (resumed a finished run)
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            bar.close()
+            if self.step > 0:
+                ck = self.save_checkpoint()
+                if not self.quiet:
+                    print(f"interrupted at step {self.step}: checkpoint {ck}; continue with --resume")
+            self.logger.close()
+            raise
+        except VaelabError:
+            bar.close()
+            self.logger.close()
+            raise
+        bar.close()
+        self.logger.close()
+        return self.run_dir
+
+    def _log(self, terms: dict, rate: float):
+        self._check_finite()
+        record = {}
+        for k, v in terms.items():
+            if not isinstance(v, torch.Tensor):
+                continue
+            record[k] = float(v) if v.ndim == 0 else [float(x) for x in v.flatten().tolist()]
+        for g, opt in self.optimizers.items():
+            record[f"lr.{g}"] = opt.param_groups[0]["lr"]
+        record["it_per_s"] = rate
+        record["images_per_s"] = rate * self.cfg.train.batch_size * self.model.batches_per_step
+        record["epoch"] = self.sampler.epoch
+        record["time"] = self.elapsed
+        self.logger.log(self.step, record)
+
+
+# ---------------------------------------------------------------------- entry points
+def train(preset_or_config="quickstart", *, overrides=None, resume: bool = False, quiet: bool = False,
+          run_dir=None, **kwargs):
+    """Train a model; returns the :class:`~vaelab.training.run.Run` (or a fold summary).
+
+    ``preset_or_config``: a preset name, a TOML path, a dict or a Config. ``overrides``: dotted
+    ``{"model.beta": 4}`` or ``["model.beta=4"]``; keyword arguments are shorthand for train.*
+    keys (``steps=100, seed=1, device="cpu"``)."""
+    from .run import load_run
+
+    over = {}
+    if overrides:
+        from ..config import parse_override
+
+        items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides]
+        for k, v in items:
+            over[".".join(k) if isinstance(k, list) else k] = v
+    for k, v in kwargs.items():
+        if v is not None:
+            over[k if "." in k else f"train.{k}"] = v
+    if run_dir is not None:
+        over["train.out"] = str(run_dir)
+    cfg = resolve(preset_or_config, over)
+    if cfg.train.folds:
+        from .folds import run_folds
+
+        return run_folds(cfg, quiet=quiet, resume=resume)
+    trainer = Trainer(cfg, resume=resume, quiet=quiet)
+    path = trainer.fit()
+    return load_run(path)
