@@ -13,6 +13,7 @@ The resolved config is saved as ``runs/NAME/config.toml`` and is all a run needs
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import sys
@@ -140,9 +141,13 @@ class Config:
             oc.validate(group)
         if not isinstance(self.model, dict) or "objective" not in self.model:
             raise VaelabError("the [model] table needs an `objective` key")
-        from .models import objective_defaults
+        from .models import model_defaults
 
-        defaults = objective_defaults(self.model["objective"])  # raises for unknown objectives
+        defaults = model_defaults(self.model["objective"])  # raises for unknown objectives
+        if self.model["objective"] == "ugvae" and "dim_z" in self.model:  # UG-VAE's name for latent_dim
+            self.model = dict(self.model)
+            self.model["latent_dim"] = self.model.pop("dim_z")
+
         unknown = [k for k in self.model if k not in defaults]
         if unknown:
             raise VaelabError(f"unknown model key {unknown[0]!r} for objective {self.model['objective']!r}"
@@ -270,7 +275,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 def apply_overrides(d: dict, overrides) -> dict:
     """Apply ``--set`` style overrides (strings "a.b=v" or a dict {"a.b": v})."""
-    d = merge({}, d)
+    d = copy.deepcopy(d)
     items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides]
     for key, value in items:
         parts = key.split(".") if isinstance(key, str) else key

@@ -23,9 +23,31 @@ class DatasetSpec:
     files: list[str] = field(default_factory=list)  # what must be under the data dir, relative
     fetch_command: str | None = None  # how a user gets the files, for error messages
     source: str = ""  # where the data comes from (paper / repository)
+    # optional: data_dir -> the file/folder the loader would use there, or None (for datasets whose
+    # files come in several layouts, e.g. a folder or a zip); overrides the `files` check
+    locate: Callable[[Path], Path | None] | None = None
+    needs_root: bool = False  # no default location: the user points at the data (image-folder)
+
+    @property
+    def needs_files(self) -> bool:
+        """False for generated datasets (procedural dSprites): nothing to download."""
+        return bool(self.files) or self.locate is not None
+
+    def where(self, data_dir: Path) -> Path | None:
+        """Where the data is under ``data_dir`` (None when absent or when nothing is needed)."""
+        data_dir = Path(data_dir)
+        if self.locate is not None:
+            return self.locate(data_dir)
+        if self.files and all((data_dir / f).exists() for f in self.files):
+            return data_dir / self.files[0]
+        return None
 
     def present(self, data_dir: Path) -> bool:
-        return not self.files or all((data_dir / f).exists() for f in self.files)
+        if self.needs_root:
+            return False
+        if not self.needs_files:
+            return True
+        return self.where(data_dir) is not None
 
 
 REGISTRY: dict[str, DatasetSpec] = {}
@@ -62,3 +84,12 @@ def _import_sources():
         except ModuleNotFoundError as e:  # a source module not written yet must not break the others
             if e.name != f"{__package__}.{mod}":
                 raise
+
+
+def missing_data(name: str, looked: Path | str, how: str | None = None) -> VaelabError:
+    """The one-line error for absent data: what was looked for, where, and how to get it."""
+    if how is None:
+        spec = REGISTRY.get(name)
+        how = spec.fetch_command if spec is not None else None
+    hint = f"; get it with `{how}`" if how and how.startswith("vaelab ") else (f"; {how}" if how else "")
+    return VaelabError(f"{name}: no data at {looked}{hint} (or pass --root PATH)")

@@ -39,7 +39,6 @@ class VAE(nn.Module):
     choices: ClassVar[dict[str, tuple]] = {}
     #: common keys whose default differs for this objective (e.g. UG-VAE's gaussian likelihood)
     common_overrides: ClassVar[dict[str, Any]] = {}
-    default_net: ClassVar[str] = "burgess64"
     #: images per iteration = batches_per_step × batch size (FactorVAE second_batch: 2)
     batches_per_step: int = 1
 
@@ -58,7 +57,7 @@ class VAE(nn.Module):
         self.hparams = self._resolve_params(params)
         for key, value in self.hparams.items():
             setattr(self, key, value)
-        self.net_name = canonical_net(net if net is not None else self.default_net)
+        self.net_name = canonical_net(net if net is not None else self.common_overrides.get("net", "burgess64"))
         self.net_options = dict(net_options or {})
         self._build_networks()
 

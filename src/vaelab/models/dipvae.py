@@ -25,7 +25,7 @@ def dip_covariance(mu: torch.Tensor, logvar: torch.Tensor, kind: str = "i") -> t
 
 def dip_penalty(cov: torch.Tensor, lambda_od: float, lambda_d: float) -> torch.Tensor:
     diag = torch.diagonal(cov)
-    off = cov.pow(2).sum() - diag.pow(2).sum()
+    off = (cov - torch.diag(diag)).pow(2).sum()
     return lambda_od * off + lambda_d * (diag - 1.0).pow(2).sum()
 
 

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import VaelabError
@@ -50,7 +50,7 @@ def optimizer_to_flat(name: str, opt: torch.optim.Optimizer) -> tuple[dict, dict
     for pid, st in sd["state"].items():
         for key, val in st.items():
             if isinstance(val, torch.Tensor):
-                tensors[f"optim.{name}.{pid}.{key}"] = val.detach().cpu().contiguous()
+                tensors[f"optim.{name}.{pid}.{key}"] = val.detach().cpu().clone()
             else:
                 scalars[f"{pid}.{key}"] = val
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
@@ -148,6 +148,6 @@ def load(path: Path, device="cpu") -> tuple[dict[str, torch.Tensor], dict]:
         state = json.loads((path / "state.json").read_text())
     except FileNotFoundError as e:
         raise VaelabError(f"checkpoint {path} is incomplete: {Path(e.filename).name} is missing") from None
-    except (SafetensorsError, json.JSONDecodeError, OSError, ValueError) as e:
+    except (SafetensorError, json.JSONDecodeError, OSError, ValueError) as e:
         raise VaelabError(f"checkpoint {path} is corrupt ({type(e).__name__}: {str(e)[:120]})") from None
     return tensors, state

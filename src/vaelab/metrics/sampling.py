@@ -1,0 +1,169 @@
+"""Drawing points from a :class:`~vaelab.data.FactorDataset` and encoding them (SPEC.md 5.0).
+
+``encode(uint8 images B x C x H x W) -> B x D`` posterior means is deterministic, so codes are cached
+per dataset row: BetaVAE's 1.92 M draws and FactorVAE's 0.97 M draws on dSprites touch at most its
+737,280 distinct images, and each is encoded once, in large batches, however many metrics use it.
+Gathers are vectorised (``dataset.index_of`` on whole index arrays). A dataset whose ``images_for`` or
+``sample`` is overridden (e.g. random colours per draw) is encoded draw by draw instead.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ..errors import VaelabError
+
+DEFAULT_BATCH = 2048
+
+
+def _to_numpy(z) -> np.ndarray:
+    if isinstance(z, torch.Tensor):
+        z = z.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(z, dtype=np.float64)
+
+
+class CodeSampler:
+    """Encodes dataset rows through ``encode`` (cached per row) and draws metric samples."""
+
+    def __init__(self, encode, dataset, batch_size: int = DEFAULT_BATCH, progress: bool = False):
+        from ..data.base import FactorDataset
+
+        if not callable(encode):
+            raise VaelabError("encode must be a callable mapping uint8 images (B x C x H x W) to codes (B x D)")
+        if not isinstance(dataset, FactorDataset):
+            raise VaelabError(f"dataset must be a vaelab FactorDataset, got {type(dataset).__name__}")
+        if len(dataset) == 0:
+            raise VaelabError(f"dataset {dataset.name!r} holds no images")
+        self.encode = encode
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.progress = progress
+        cls = type(dataset)
+        # rows are a pure function of the draw only when the base class's sampling is in use
+        self.cached = (cls.images_for is FactorDataset.images_for and cls.sample is FactorDataset.sample)
+        self._codes: np.ndarray | None = None
+        self._have = np.zeros(len(dataset), dtype=bool)
+        self.num_latents: int | None = None
+        self.images_encoded = 0
+        self.encode_seconds = 0.0
+
+    # ------------------------------------------------------------------ encoding
+    def encode_images(self, images: torch.Tensor) -> np.ndarray:
+        t0 = time.perf_counter()
+        outs = []
+        for i in range(0, len(images), self.batch_size):
+            outs.append(self._encode_batch(images[i:i + self.batch_size]))
+        self.encode_seconds += time.perf_counter() - t0
+        if not outs:
+            return np.zeros((0, self.num_latents or 0))
+        return np.concatenate(outs)
+
+    def _encode_batch(self, images: torch.Tensor) -> np.ndarray:
+        z = _to_numpy(self.encode(images))
+        if z.ndim == 1:
+            z = z[:, None]
+        if z.ndim != 2 or z.shape[0] != len(images):
+            raise VaelabError(f"encode returned shape {tuple(z.shape)} for {len(images)} images; "
+                              f"expected {len(images)} x D posterior means")
+        if self.num_latents is None:
+            self.num_latents = int(z.shape[1])
+        elif z.shape[1] != self.num_latents:
+            raise VaelabError(f"encode returned {z.shape[1]} dimensions, earlier {self.num_latents}")
+        if not np.isfinite(z).all():
+            raise VaelabError("the encoder returned NaN or infinite codes; the model diverged "
+                              "(check its training curves) or the images do not match it")
+        self.images_encoded += len(images)
+        return z
+
+    def codes_at(self, rows) -> np.ndarray:
+        """Codes of dataset rows (any shape of int array; result ``rows.shape + (D,)``)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        flat = rows.reshape(-1)
+        need = flat if self._codes is None else flat[~self._have[flat]]
+        if need.size:
+            need = np.unique(need)
+            t0 = time.perf_counter()
+            bar = None
+            if self.progress and len(need) > 4 * self.batch_size:
+                from tqdm import tqdm
+
+                bar = tqdm(total=len(need), unit="img", desc="encoding", leave=False, dynamic_ncols=True)
+            images = self.dataset.images
+            for i in range(0, len(need), self.batch_size):
+                part = need[i:i + self.batch_size]
+                z = self._encode_batch(images[torch.from_numpy(part)])
+                if self._codes is None:
+                    self._codes = np.zeros((len(self.dataset), z.shape[1]), dtype=np.float64)
+                self._codes[part] = z
+                self._have[part] = True
+                if bar is not None:
+                    bar.update(len(part))
+            if bar is not None:
+                bar.close()
+            self.encode_seconds += time.perf_counter() - t0
+        return self._codes[flat].reshape(rows.shape + (self._codes.shape[1],))
+
+    def codes_for_factors(self, factors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Codes of images showing the factor rows ``M x K`` (hidden factors filled at random)."""
+        ds = self.dataset
+        if self.cached and ds.is_grid:
+            return self.codes_at(ds.index_of(factors))
+        outs = []
+        for i in range(0, len(factors), self.batch_size):
+            outs.append(self.encode_images(ds.images_for(factors[i:i + self.batch_size], rng)))
+        return np.concatenate(outs)
+
+    # ------------------------------------------------------------------ draws
+    def require_factors(self, metric: str):
+        ds = self.dataset
+        if not ds.has_factors:
+            raise VaelabError(f"{metric} needs ground-truth factors, but dataset {ds.name!r} has none; "
+                              f"only the unsupervised scores apply to it")
+
+    def require_grid(self, metric: str):
+        self.require_factors(metric)
+        ds = self.dataset
+        if not ds.is_grid:
+            raise VaelabError(f"{metric} needs a full factor grid (it fixes one factor and varies the others), "
+                              f"but dataset {ds.name!r} is a labelled set; use the i.i.d. metrics "
+                              f"(mig, sap, dci, modularity, irs) for it")
+
+    def sample(self, n: int, rng: np.random.Generator, metric: str = "this metric") -> tuple[np.ndarray, np.ndarray]:
+        """``n`` i.i.d. (factors ``n x K``, codes ``n x D``) pairs, as ``dataset.sample`` draws them."""
+        self.require_factors(metric)
+        n = _count(n, "number of points")
+        ds = self.dataset
+        if not self.cached:
+            f, images = ds.sample(n, rng)
+            return np.asarray(f, dtype=np.int64), self.encode_images(images)
+        if ds.is_grid:
+            f = ds.sample_factors(n, rng)
+            return f, self.codes_at(ds.index_of(f))
+        rows = rng.integers(0, len(ds), size=n)
+        return ds.factors[torch.from_numpy(rows)].numpy().copy(), self.codes_at(rows)
+
+    def sample_unlabelled(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Codes of ``n`` images drawn uniformly (i.i.d. factors on a labelled dataset)."""
+        ds = self.dataset
+        if ds.has_factors:
+            return self.sample(n, rng)[1]
+        n = _count(n, "number of points")
+        rows = rng.integers(0, len(ds), size=n)
+        if self.cached:
+            return self.codes_at(rows)
+        return self.encode_images(ds.images[torch.from_numpy(rows)])
+
+
+def _count(n, what: str) -> int:
+    if isinstance(n, bool) or int(n) != n or int(n) < 1:
+        raise VaelabError(f"{what} must be a positive integer, got {n!r}")
+    return int(n)
+
+
+def get_sampler(encode, dataset, sampler: CodeSampler | None = None) -> CodeSampler:
+    """The given sampler (shared across metrics by ``evaluate``) or a fresh one."""
+    if sampler is not None:
+        return sampler
+    return CodeSampler(encode, dataset)

@@ -1,0 +1,147 @@
+"""Networks (SPEC §2): parameter counts, output shapes, size checks, initialisation."""
+import math
+
+import pytest
+import torch
+
+from vaelab.errors import VaelabError
+from vaelab.nets import NET_ALIASES, NETS, build_net, canonical_net, count_parameters, disc_mlp
+
+torch.set_num_threads(1)
+
+# (net, image_shape, D, options, encoder params, decoder params or None, total) — SPEC §2 numbers
+COUNTS = [
+    ("burgess64", (1, 64, 64), 10, {}, 252_052, 249_953, 502_005),
+    ("burgess64", (3, 64, 64), 10, {}, None, None, 504_055),
+    ("burgess64", (3, 64, 64), 32, {}, None, None, 520_995),
+    ("burgess64", (3, 64, 64), 16, {}, None, None, 508_675),
+    ("fvae64", (1, 64, 64), 10, {}, 249_172, 247_873, 497_045),
+    ("fvae64", (3, 64, 64), 10, {}, 383_956, 381_379, 765_335),
+    ("dlib_conv", (1, 64, 64), 10, {}, 309_204, 381_313, 690_517),
+    ("dlib_conv", (3, 64, 64), 10, {}, None, None, 692_567),
+    ("higgins_mlp", (1, 64, 64), 10, {}, 6_381_620, 7_814_896, 14_196_516),
+    ("near32_conv", (1, 64, 64), 10, {"depth": 3, "width": 32}, 19_062_900, 764_865, 19_827_765),
+    ("xys256", (3, 256, 256), 10, {}, 4_629_428, 3_247_427, 7_876_855),
+    ("antixk64", (1, 64, 64), 6, {}, 739_244, 734_465, 1_473_709),
+]
+
+
+@pytest.mark.parametrize("name,shape,d,opts,n_enc,n_dec,n_total", COUNTS)
+def test_parameter_counts(name, shape, d, opts, n_enc, n_dec, n_total):
+    enc, dec = build_net(name, shape, d, opts)
+    if n_enc is not None:
+        assert count_parameters(enc) == n_enc
+        assert count_parameters(dec) == n_dec
+    assert count_parameters(enc, dec) == n_total
+
+
+def test_disc_counts_and_init():
+    d5 = disc_mlp(10, hidden_layers=5, init="normal02")
+    d6 = disc_mlp(10, hidden_layers=6, init="glorot")
+    assert count_parameters(d5) == 4_017_002
+    assert count_parameters(d6) == 5_018_002
+    lin5 = [m for m in d5 if isinstance(m, torch.nn.Linear)]
+    assert abs(lin5[1].weight.std().item() - 0.02) < 0.001
+    assert all(m.bias.detach().abs().max().item() == 0.0 for m in lin5)
+    lin6 = [m for m in d6 if isinstance(m, torch.nn.Linear)]
+    bound = math.sqrt(6.0 / (1000 + 1000))
+    assert lin6[2].weight.abs().max().item() <= bound
+    assert lin6[2].weight.abs().max().item() > 0.9 * bound
+    slopes = {m.negative_slope for m in d5 if isinstance(m, torch.nn.LeakyReLU)}
+    assert slopes == {0.2}
+    out = d5(torch.randn(4, 10))
+    assert out.shape == (4, 2)
+
+
+SHAPES = [
+    ("burgess64", (1, 64, 64), {}),
+    ("burgess", (3, 64, 64), {}),
+    ("fvae64", (3, 64, 64), {}),
+    ("factorvae-conv", (1, 64, 64), {"features": 16}),
+    ("dlib_conv", (3, 64, 64), {}),
+    ("higgins_mlp", (3, 28, 20), {"hidden": 32}),
+    ("higgins-mlp", (1, 64, 64), {"hidden": 16}),
+    ("near32_conv", (1, 32, 32), {"depth": 3, "width": 4}),
+    ("conv", (3, 128, 128), {"depth": 4, "width": 4, "batch_norm": False}),
+    ("near32_conv", (3, 256, 256), {"depth": 5, "width": 4}),
+    ("near32_conv", (3, 256, 256), {"depth": 3, "width": 4}),
+    ("xys256", (3, 256, 256), {}),
+    ("antixk64", (3, 64, 64), {}),
+    ("ugvae_fc28", (1, 28, 28), {}),
+    ("mlp28", (3, 28, 28), {}),
+    ("ugvae_conv64", (3, 64, 64), {}),
+]
+
+
+@pytest.mark.parametrize("name,shape,opts", SHAPES)
+def test_output_shapes(name, shape, opts):
+    d = 5
+    enc, dec = build_net(name, shape, d, opts)
+    enc.eval(), dec.eval()
+    with torch.no_grad():
+        h = enc(torch.rand(2, *shape))
+        o = dec(torch.randn(2, d))
+    assert h.shape == (2, 2 * d)
+    assert o.shape == (2, *shape)
+    assert torch.isfinite(h).all() and torch.isfinite(o).all()
+
+
+def test_near32_computes_flatten_and_last_kernel():
+    enc, dec = build_net("near32_conv", (1, 64, 64), 10, {"depth": 3, "width": 32})
+    flat = [m for m in enc if isinstance(m, torch.nn.Linear)][0]
+    assert flat.in_features == 8192
+    last = [m for m in dec if isinstance(m, torch.nn.ConvTranspose2d)][-1]
+    assert last.kernel_size == (33, 33) and last.out_channels == 1
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in
+                   build_net("conv", (1, 64, 64), 10, {"batch_norm": False})[0])
+    slopes = {m.negative_slope for m in enc if isinstance(m, torch.nn.LeakyReLU)}
+    assert slopes == {0.05}
+
+
+@pytest.mark.parametrize("name", ["burgess64", "fvae64", "dlib_conv", "antixk64", "ugvae_conv64"])
+def test_64_only_nets_reject_other_sizes(name):
+    with pytest.raises(VaelabError) as e:
+        build_net(name, (1, 28, 28), 10)
+    msg = str(e.value)
+    assert "\n" not in msg and "64×64" in msg and "1×28×28" in msg
+
+
+def test_other_size_errors():
+    with pytest.raises(VaelabError):
+        build_net("xys256", (3, 64, 64), 10)
+    with pytest.raises(VaelabError):
+        build_net("ugvae_fc28", (1, 64, 64), 10)
+    with pytest.raises(VaelabError, match="multiple of 32"):
+        build_net("near32_conv", (1, 48, 48), 10, {"depth": 5})
+    with pytest.raises(VaelabError, match="at least 32"):
+        build_net("near32_conv", (1, 16, 16), 10, {"depth": 3})
+
+
+def test_names_and_options():
+    assert canonical_net("burgess") == "burgess64"
+    assert canonical_net("factorvae-conv") == "fvae64"
+    assert canonical_net("higgins-mlp") == "higgins_mlp"
+    assert canonical_net("conv") == "near32_conv"
+    assert canonical_net("mlp28") == "ugvae_fc28"
+    assert set(NET_ALIASES.values()) <= set(NETS)
+    with pytest.raises(VaelabError, match="did you mean 'burgess64'"):
+        canonical_net("burgess65")
+    with pytest.raises(VaelabError, match="did you mean 'depth'"):
+        build_net("near32_conv", (1, 64, 64), 10, {"deph": 3})
+    with pytest.raises(VaelabError, match="latent_dim"):
+        build_net("burgess64", (1, 64, 64), 0)
+
+
+def test_initialisation():
+    enc, dec = build_net("fvae64", (1, 64, 64), 10)
+    conv = enc[2]
+    assert abs(conv.weight.std().item() - 0.02) < 0.002 and conv.bias.detach().abs().max().item() == 0.0
+    enc, dec = build_net("burgess64", (1, 64, 64), 10)
+    lin = enc[9]  # Lin(512→256), Kaiming normal: std √(2/512)
+    assert isinstance(lin, torch.nn.Linear) and lin.in_features == 512
+    assert abs(lin.weight.std().item() - math.sqrt(2 / 512)) < 0.005 and lin.bias.detach().abs().max().item() == 0.0
+    enc, dec = build_net("dlib_conv", (1, 64, 64), 10)
+    convt = dec[5]  # ConvT(64→64, 4): Glorot bound √(6/(16·64 + 16·64))
+    assert isinstance(convt, torch.nn.ConvTranspose2d)
+    bound = math.sqrt(6 / (2 * 16 * 64))
+    assert convt.weight.abs().max().item() <= bound and convt.bias.detach().abs().max().item() == 0.0

@@ -1,0 +1,180 @@
+"""The training loop end to end: CLI, run folder, resume bit-exactness, crashes, NaN, folds, presets."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vaelab
+from vaelab.cli import main
+from vaelab.config import preset_names, resolve
+from vaelab.training import checkpoint
+
+
+@pytest.fixture
+def dsprites_npz(shared_data):
+    p = shared_data / "dsprites" / "dsprites_downsampled.npz"
+    if not p.exists():
+        pytest.skip(f"real dSprites subset missing: {p}")
+    return p
+
+
+def small(dsprites_npz, *extra):
+    """Overrides for a tiny, fast run on the real dSprites subset."""
+    return ["--set", "data.name=dsprites", "--set", f"data.root={dsprites_npz}", "--set", "train.batch_size=16",
+            "--set", "train.log_every=5", "--device", "cpu", "--quiet", *extra]
+
+
+def test_cli_train_writes_a_complete_run_folder(tmp_path, dsprites_npz):
+    out = tmp_path / "run"
+    rc = main(["train", "quickstart", "--steps", "12", "--out", str(out), *small(dsprites_npz)])
+    assert rc == 0
+    assert (out / "config.toml").is_file()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [5, 10, 12]
+    for key in ("loss", "recon", "kl", "tc", "disc_acc", "lr.vae", "lr.disc", "it_per_s"):
+        assert key in rows[-1], key
+    assert len(rows[-1]["kl_per_dim"]) == 10
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    ck = checkpoint.list_checkpoints(out)
+    assert ck and ck[-1].name == "step-00000012"
+    assert (ck[-1] / "tensors.safetensors").is_file() and (ck[-1] / "state.json").is_file()
+    assert list((out / "images").glob("reconstruction_step*.png"))
+    run = vaelab.load_run(out)
+    ds = run.dataset()
+    codes = run.encode(ds.images[:5])
+    assert codes.shape == (5, 10) and np.isfinite(codes).all()
+    assert run.decode(np.zeros((2, 10))).shape == (2, 1, 64, 64)
+
+
+def _final_tensors(run_dir):
+    ck = checkpoint.list_checkpoints(run_dir)[-1]
+    return load_file(str(ck / "tensors.safetensors"))
+
+
+@pytest.mark.parametrize("preset", ["quickstart", "dlib-btcvae-dsprites"])
+def test_resume_is_bit_identical(tmp_path, dsprites_npz, preset):
+    args = small(dsprites_npz, "--set", "model.net=burgess64" if preset != "quickstart" else "train.seed=3")
+    assert main(["train", preset, "--steps", "16", "--out", str(tmp_path / "once"), *args]) == 0
+    assert main(["train", preset, "--steps", "8", "--out", str(tmp_path / "split"), *args]) == 0
+    assert main(["train", preset, "--steps", "16", "--out", str(tmp_path / "split"), "--resume", *args]) == 0
+    a, b = _final_tensors(tmp_path / "once"), _final_tensors(tmp_path / "split")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_existing_run_needs_resume(tmp_path, dsprites_npz):
+    out = str(tmp_path / "r")
+    assert main(["train", "quickstart", "--steps", "2", "--out", out, *small(dsprites_npz)]) == 0
+    assert main(["train", "quickstart", "--steps", "2", "--out", out, *small(dsprites_npz)]) == 2
+
+
+def test_nan_stops_with_step_and_term(tmp_path, dsprites_npz, capsys):
+    out = tmp_path / "nan"
+    rc = main(["train", "dlib-betavae-dsprites", "--steps", "200", "--out", str(out), "--checkpoint-every", "1",
+               *small(dsprites_npz, "--set", "optim.vae.lr=1e12", "--set", "model.net=burgess64",
+                      "--set", "train.log_every=1")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and "non-finite value in term" in err[0] and "at step" in err[0]
+    for ck in checkpoint.list_checkpoints(out):  # every kept checkpoint holds finite weights
+        t, _ = checkpoint.load(ck)
+        assert all(torch.isfinite(v.float()).all() for k, v in t.items() if k.startswith("model."))
+
+
+def _spawn_train(out, npz, steps):
+    cmd = [sys.executable, "-m", "vaelab", "train", "dlib-betavae-dsprites", "--steps", str(steps), "--out", str(out),
+           "--checkpoint-every", "1", *small(npz, "--set", "model.net=burgess64", "--set", "train.keep_checkpoints=2",
+                                             "--set", "train.tensorboard=false")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_sigkill_never_leaves_an_unreadable_checkpoint(tmp_path, dsprites_npz):
+    out = tmp_path / "killed"
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        proc = _spawn_train(out, dsprites_npz, 100000)
+        time.sleep(float(rng.uniform(4.0, 6.0)))  # start-up takes a few seconds; then it saves every step
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for ck in checkpoint.list_checkpoints(out):
+            checkpoint.load(ck)  # raises if damaged
+        if checkpoint.list_checkpoints(out):
+            break
+    cks = checkpoint.list_checkpoints(out)
+    assert cks, "the run never saved a checkpoint before being killed"
+    last = int(cks[-1].name.split("-")[1])
+    assert main(["train", "dlib-betavae-dsprites", "--steps", str(last + 3), "--out", str(out), "--resume",
+                 *small(dsprites_npz, "--set", "model.net=burgess64")]) == 0
+    assert checkpoint.list_checkpoints(out)[-1].name == f"step-{last + 3:08d}"
+
+
+def test_ctrl_c_saves_a_checkpoint(tmp_path, dsprites_npz):
+    out = tmp_path / "int"
+    proc = _spawn_train(out, dsprites_npz, 100000)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()[-500:]
+    assert checkpoint.list_checkpoints(out)
+
+
+def test_kfold_trains_k_models_on_disjoint_validation_folds(tmp_path, dsprites_npz):
+    out = tmp_path / "cv"
+    rc = main(["train", "dlib-betavae-dsprites", "--steps", "3", "--folds", "3", "--out", str(out),
+               *small(dsprites_npz, "--set", "model.net=burgess64", "--set", "train.val_batches=2")])
+    assert rc == 0
+    summary = json.loads((out / "folds.json").read_text())
+    assert len(summary["folds"]) == 3
+    assert "val.loss" in summary["mean"] and "val.loss" in summary["std"]
+    sizes = [f["val_size"] for f in summary["folds"]]
+    assert sum(sizes) == 46080
+    for i in range(3):
+        assert checkpoint.list_checkpoints(out / f"fold-{i}")
+
+
+def _data_overrides(preset, shared_data, tmp_path):
+    """Point a preset at real data we have with the same image shape (or a generated folder)."""
+    cfg = resolve(preset)
+    name = cfg.data.name
+    if name in ("dsprites", "dsprites-procedural"):
+        return ["data.name=dsprites", f"data.root={shared_data / 'dsprites' / 'dsprites_downsampled.npz'}"]
+    if name == "mnist":
+        return ["data.name=mnist", f"data.root={shared_data / 'mnist'}", "data.split=test"]
+    if name == "image-folder":
+        from PIL import Image
+
+        folder = tmp_path / "folder"
+        folder.mkdir()
+        rng = np.random.default_rng(0)
+        for i in range(40):
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+        return ["data.name=image-folder", f"data.root={folder}"]
+    # celeba, chairs, mixtures: the 100 real CelebA faces (RGB 64x64)
+    return ["data.name=celeba", f"data.root={shared_data / 'celeba'}", "data.options={}"]
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_starts_and_runs_a_few_steps(preset, tmp_path, shared_data):
+    torch.set_num_threads(1)
+    over = _data_overrides(preset, shared_data, tmp_path)
+    over += ["train.steps=2", "train.epochs=0", "train.batch_size=8", "train.val_batches=1",
+             "train.tensorboard=false"]
+    args = ["train", preset, "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet"]
+    for o in over:
+        args += ["--set", o]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows and np.isfinite(rows[-1]["loss"])
