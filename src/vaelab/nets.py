@@ -14,7 +14,6 @@ The UG-VAE trunks and decoders (SPEC §2.6) are in :data:`UGVAE_NETS`; ``NETS["u
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch

@@ -67,12 +67,12 @@ def quiet() -> bool:
     return os.environ.get("VAELAB_QUIET", "") not in ("", "0") or not sys.stderr.isatty()
 
 
-def progress(iterable=None, *, total=None, desc=None, unit="img", unit_scale=False):
+def progress(iterable=None, *, total=None, desc=None, unit="img", unit_scale=False, disable=False, **kw):
     """A tqdm bar (rate + ETA) on stderr, silent in quiet mode."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit=unit, unit_scale=unit_scale, disable=quiet(),
-                dynamic_ncols=True, leave=False, file=sys.stderr)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, unit_scale=unit_scale, disable=disable or quiet(),
+                dynamic_ncols=True, leave=False, file=sys.stderr, **kw)
 
 
 # ---------------------------------------------------------------------------------------- atomic IO

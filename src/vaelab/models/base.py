@@ -84,6 +84,8 @@ class VAE(nn.Module):
                 if not isinstance(value, bool):
                     raise VaelabError(f"{cls.objective}: {key} must be true or false, got {value!r}")
             elif isinstance(default, int):
+                if isinstance(value, float) and value.is_integer():
+                    value = int(value)  # e.g. c_steps = 1e5 in TOML
                 if isinstance(value, bool) or not isinstance(value, int):
                     raise VaelabError(f"{cls.objective}: {key} must be an integer, got {value!r}")
             elif isinstance(default, float):

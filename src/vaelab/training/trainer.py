@@ -260,8 +260,7 @@ class Trainer:
         x_u8 = self.sampler.images[idx.to(self.sampler.images.device)]
         self.model.eval()
         x = x_u8.to(self.device).float() / 255.0
-        mu, _ = self.model.encode(x)
-        recon = self.model.mean_image(self.model.decode(mu))
+        recon = self.model.reconstruct(x)  # decoded posterior means (UG-VAE: with the batch's beta)
         self.model.train()
         recon_u8 = (recon.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
         grid = make_grid(torch.cat([x_u8.cpu(), recon_u8]), nrow=len(x_u8))

@@ -1,0 +1,64 @@
+"""`vaelab evaluate`: score a run with the disentanglement metrics (a thin layer over
+:func:`vaelab.metrics.evaluate.evaluate`)."""
+from __future__ import annotations
+
+
+def register(sub):
+    from ..metrics.evaluate import METRICS, PROFILES
+
+    p = sub.add_parser(
+        "evaluate", help="score a run: BetaVAE, FactorVAE, MIG, SAP, DCI, modularity, IRS, unsupervised",
+        description="Score a trained run with the disentanglement metrics (disentanglement_lib's definitions "
+                    "and study counts) and write RUN/eval.json.")
+    p.add_argument("run", metavar="RUN", help="run folder made by `vaelab train`")
+    p.add_argument("--metrics", default="all",
+                   help="comma-separated metric names or 'all' (default): " + ", ".join(METRICS))
+    p.add_argument("--dataset", metavar="NAME", help="evaluate on this dataset instead of the run's own")
+    p.add_argument("--root", metavar="PATH", help="where the dataset's files are (with --dataset)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every metric's random draws (default 0)")
+    p.add_argument("--profile", choices=PROFILES, default="default",
+                   help="default: the reference counts; fast: 10x fewer points (quick checks)")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="processes for DCI's per-factor fits (default: all available cores)")
+    p.add_argument("--device", default="cpu", help="device for encoding: cpu (default), cuda, cuda:N, auto")
+    p.add_argument("--out", metavar="PATH", help="where to write eval.json (default: RUN/eval.json)")
+    p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args):
+    import json
+    import sys
+    from pathlib import Path
+
+    from ..errors import VaelabError
+    from ..metrics.evaluate import evaluate, format_table, resolve_metrics
+
+    resolve_metrics(args.metrics)  # fail on a bad name before loading anything
+    if args.root and not args.dataset:
+        raise VaelabError("--root needs --dataset NAME (the run's own dataset uses its configured root)")
+    if args.jobs is not None and args.jobs < 1:
+        raise VaelabError(f"--jobs must be a positive number of processes, got {args.jobs}")
+    path = Path(args.run)
+    if not path.is_dir():
+        raise VaelabError(f"{path} is not a folder: expected a run folder made by `vaelab train`")
+    try:
+        from ..training import load_run
+    except ImportError as e:
+        raise VaelabError(f"cannot open run folders: the trainer is not available ({e})") from None
+    run = load_run(path, device=args.device)
+    dataset = None
+    if args.dataset:
+        from ..data import load
+
+        dataset = load(args.dataset, root=args.root)
+    result = evaluate(run, dataset=dataset, metrics=args.metrics, seed=args.seed, profile=args.profile,
+                      out=args.out, n_jobs=args.jobs, progress=not args.quiet and not args.json)
+    if args.json:
+        json.dump(result, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    elif not args.quiet:
+        print(format_table(result))
+        print(f"wrote {result.get('path')}")
+    return 0

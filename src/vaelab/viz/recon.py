@@ -1,0 +1,72 @@
+"""Reconstructions: rows of originals, each over the row of their reconstructions (seed 000)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import VaelabError
+from . import common
+from .common import to_uint8
+
+DEFAULT_N = 32
+ROW = 8  # images per row pair
+
+
+def pick_images(run, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` dataset indices (sorted, seeded): from the run's validation split when it has one
+    (images the model never trained on), else from the whole dataset."""
+    ds = common.dataset_of(run)
+    pool = np.arange(len(ds))
+    frac = float(run.cfg.data.val_fraction or 0.0)
+    if frac > 0:
+        from ..data.splits import train_val_split
+
+        _, val = train_val_split(len(ds), frac, run.cfg.train.seed)
+        if len(val) >= n:
+            pool = np.asarray(val)
+    if n > len(pool):
+        raise VaelabError(f"asked for {n} images but the dataset has {len(pool):,}")
+    return np.sort(np.random.default_rng(seed).choice(pool, size=n, replace=False))
+
+
+@torch.no_grad()
+def reconstructions(run, images_u8) -> np.ndarray:
+    """uint8 mean images decoded from the posterior mean of uint8 ``images_u8`` (one batch; UG-VAE
+    uses the batch's posterior-mean β)."""
+    x = torch.as_tensor(images_u8).to(run.device).float().div_(255.0)
+    return to_uint8(run.model.reconstruct(x))
+
+
+def pairs_grid(originals: np.ndarray, recons: np.ndarray, per_row: int = ROW) -> np.ndarray:
+    """Rows of up to ``per_row`` originals, each directly above its reconstructions."""
+    n = len(originals)
+    per_row = max(1, min(per_row, n))
+    blank = np.full((1, *originals.shape[1:]), 255, np.uint8)
+    cells = []
+    for a in range(0, n, per_row):
+        o, r = originals[a:a + per_row], recons[a:a + per_row]
+        fill = np.repeat(blank, per_row - len(o), axis=0)
+        cells += [o, fill, r, fill]
+    return common.grid(np.concatenate(cells), nrow=per_row)
+
+
+def reconstruction_grid(run, n: int = DEFAULT_N, indices=None, seed: int = 0,
+                        per_row: int = ROW) -> tuple[np.ndarray, np.ndarray]:
+    """(grid ``H x W x 3``, dataset indices shown)."""
+    ds = common.dataset_of(run)
+    if indices is None:
+        if n < 1:
+            raise VaelabError(f"--n must be at least 1, got {n}")
+        indices = pick_images(run, n, seed)
+    indices = np.asarray(indices, dtype=np.int64)
+    for i in indices:
+        common.check_index(int(i), len(ds))
+    x = ds.images[torch.from_numpy(indices)].numpy()
+    return pairs_grid(x, reconstructions(run, x), per_row), indices
+
+
+def write_reconstruction(run, out=None, n: int = DEFAULT_N, indices=None, seed: int = 0) -> Path:
+    g, _ = reconstruction_grid(run, n, indices, seed)
+    return common.save_png(g, common.out_dir(run, out) / f"reconstruct_{common.step_tag(run.step)}.png")
