@@ -36,6 +36,8 @@ def register(sub):
     q.add_argument("--variant", choices=("encoding", "sampling", "both"), default="both")
     q.add_argument("--steps", type=int, default=7, help="rows and columns of each grid (default 7)")
     q.add_argument("--components", help="sampling: comma-separated components (default: all K)")
+    q.add_argument("--raw-grids", action="store_true",
+                   help="also write every grid as a PNG at the images' own resolution")
     q.set_defaults(func=run_interpolation_cmd)
 
     q = s.add_parser("domain-alignment", help="global latents of one-domain and mixed batches (paper §4.2)",
@@ -116,7 +118,8 @@ def run_interpolation_cmd(args):
             raise VaelabError(f"--components takes comma-separated integers, got {args.components!r}") from None
     run = _load(args)
     res = run_interpolation(run, variant=args.variant, steps=args.steps, batch_size=args.batch_size,
-                            seed=args.seed, split=args.split, components=comps, formats=_formats(args))
+                            seed=args.seed, split=args.split, components=comps, formats=_formats(args),
+                            raw_grids=args.raw_grids)
     _report(args, res, [f"{k} = {_fmt(v)}" for k, v in res.summary.items()])
     return 0
 

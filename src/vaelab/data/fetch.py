@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 from .. import paths
 from ..errors import VaelabError
-from .prepare import atomic_write_json, progress
+from .prepare import _fsync_dir, atomic_write_json, progress
 
 _CHUNK = 1 << 20
 
@@ -173,6 +173,7 @@ def download(url: str, dest: str | os.PathLike, *, md5: str | None = None, sha25
             raise VaelabError(f"{dest.name}: {algo} checksum mismatch (got {got_}, expected {want}); the corrupt "
                               f"download was removed — try again, or fetch {url} by hand")
     os.replace(part, dest)
+    _fsync_dir(dest.parent)
     return digest
 
 

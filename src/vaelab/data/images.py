@@ -124,20 +124,25 @@ def read_celeba_attributes(path: Path) -> tuple[list[str], list[str], np.ndarray
     k = len(names)
     if k == 0:
         raise VaelabError(f"{path}: line 2 should list the attribute names")
-    files, chunks = [], []
-    rows = [ln for ln in lines[2:] if ln.strip()]
-    for i, ln in enumerate(rows):
-        parts = ln.split(None, 1)
-        vals = parts[1].split() if len(parts) > 1 else []
-        if len(vals) != k:
-            if i == len(rows) - 1 and len(vals) < k:  # the copy was cut mid-line
-                warn_once(f"{path}: last row ({parts[0]}) is cut short; dropped it")
-                break
-            raise VaelabError(f"{path}, line {i + 3}: expected a file name and {k} values, got {len(vals)} values")
-        files.append(parts[0])
-        chunks.append(parts[1])
-    values = np.array(" ".join(chunks).split(), dtype=np.int8).reshape(len(files), k) if files else \
-        np.zeros((0, k), np.int8)
+    rows = [ln.strip().partition(" ")[::2] for ln in lines[2:] if ln.strip()]  # (file, values text)
+    if rows and len(rows[-1][1].split()) < k:  # the copy was cut mid-line
+        warn_once(f"{path}: last row ({rows[-1][0]}) is cut short; dropped it")
+        rows.pop()
+    files = [r[0] for r in rows]
+    # one vectorised parse; a row of the wrong length shows up as a total mismatch, then is located
+    try:
+        flat = np.fromstring(" ".join(r[1] for r in rows), dtype=np.int8, sep=" ") \
+            if rows else np.zeros(0, np.int8)
+    except ValueError:  # a token that is not a number
+        flat = None
+    if flat is None or flat.size != len(rows) * k:
+        for i, r in enumerate(rows):
+            vals = r[1].split()
+            if len(vals) != k or not all(v.lstrip("+-").isdigit() for v in vals):
+                raise VaelabError(f"{path}, line {i + 3}: expected a file name and {k} values -1/1, "
+                                  f"got {r[1][:60]!r}")
+        raise VaelabError(f"{path}: cannot parse the attribute values")
+    values = flat.reshape(len(rows), k)
     if values.size and not np.isin(values, (-1, 1)).all():
         r = int(np.flatnonzero(~np.isin(values, (-1, 1)).all(axis=1))[0])
         raise VaelabError(f"{path}, line {r + 3}: attribute values must be -1 or 1")
@@ -180,10 +185,8 @@ def load_celeba(root: Path | None = None, split: str = "train", size: int | None
     src = ImageSource.open(images_path, ignore={"list_attr_celeba.txt", "list_eval_partition.txt",
                                                 "identity_CelebA.txt", "list_bbox_celeba.txt",
                                                 "list_landmarks_align_celeba.txt", "list_landmarks_celeba.txt"})
-    prepared = prepare_images(src, size=size, preprocess=preprocess, label=f"celeba-{images_path.stem}",
-                              force=force)
-    names = prepared.names
-    base = [PurePosixPath(n).name for n in names]
+    names = src.names  # the cache holds every image of the source, in this (sorted) order
+    base = [n.rsplit("/", 1)[-1] for n in names]
     keep = np.ones(len(names), dtype=bool)
     factors = None
     attr_names = list(CELEBA_ATTRIBUTES)
@@ -201,6 +204,12 @@ def load_celeba(root: Path | None = None, split: str = "train", size: int | None
         factors_all = ((values[np.maximum(rows, 0)].astype(np.int64) + 1) // 2)
     else:
         warn_once(f"celeba: no list_attr_celeba.txt next to {images_path}: images without attribute factors")
+    record = None
+    if attr_path is not None:  # the attribute table in the manifest (-1: image without a row)
+        record = {"names": attr_names, "sizes": [2] * len(attr_names), "values": [[-1.0, 1.0]] * len(attr_names),
+                  "source": str(attr_path), "table": np.where(keep[:, None], factors_all, -1)}
+    prepared = prepare_images(src, size=size, preprocess=preprocess, label=f"celeba-{images_path.stem}",
+                              factors=record, force=force)
     if split != "all":
         if part_path is not None:
             part = read_celeba_partition(part_path)
@@ -261,16 +270,16 @@ def parse_chair_names(names: list[str]):
     Images are ordered by (model, elevation, azimuth, name) so a complete set is a canonical grid."""
     parsed = []
     for n in names:
-        m = _CHAIR_RE.search(PurePosixPath(n).name)
+        parts = n.split("/")  # string ops: this runs once per render (86k)
+        m = _CHAIR_RE.search(parts[-1])
         if m is None:
             return list(names), None
-        parts = PurePosixPath(n).parts
         if len(parts) >= 3 and parts[-2] == "renders":
             model = parts[-3]
         elif len(parts) >= 2 and parts[-2] != "renders":
             model = parts[-2]
         else:
-            model = PurePosixPath(n).name[:m.start()].rstrip("_-") or ""
+            model = parts[-1][:m.start()].rstrip("_-") or ""
         parsed.append((model, int(m.group(2)), int(m.group(3)), n))
     models = sorted({p[0] for p in parsed})
     pitches = sorted({p[1] for p in parsed})
@@ -288,7 +297,7 @@ def parse_chair_names(names: list[str]):
     combos = len(np.unique(f, axis=0)) if len(f) else 0
     total = int(np.prod(sizes))
     return order, {"names": fac_names, "sizes": sizes, "values": [v.tolist() for v in values],
-                   "table": f.tolist(), "model_names": models, "is_grid": bool(combos == total == len(f)),
+                   "table": f, "model_names": models, "is_grid": bool(combos == total == len(f)),
                    "coverage": f"{combos:,} of {total:,} (model, elevation, azimuth) combinations, "
                                f"{len(f):,} images"}
 
@@ -601,7 +610,7 @@ def load_image_folder(root: Path | None = None, split: str = "train", size: int 
             continuous[col] = extra
     table = np.stack(columns, axis=1) if columns else None
     fac = {"names": fnames, "sizes": fsizes, "values": [v.tolist() for v in fvalues], "kinds": kinds,
-           "csv": str(csv_path), "table": table.tolist() if table is not None else None}
+           "csv": str(csv_path), "table": table}
     prepared = prepare_images(src, size=size, channels=channels, preprocess=preprocess, order=names_order,
                               order_tag=f"csv:{csv_path.resolve()}", label=f"folder-{base.stem}", factors=fac,
                               force=force)

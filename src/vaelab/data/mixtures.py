@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import paths
 from ..errors import VaelabError
 from .base import FactorDataset
 from .registry import DatasetSpec, register

@@ -215,7 +215,7 @@ def cv_accuracy(x: np.ndarray, y, folds: int = 5, seed: int = 0, permutations: i
     cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
 
     def score(labels):
-        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        clf = make_pipeline(StandardScaler(), LogisticRegression(solver="newton-cholesky", max_iter=200))
         return float(np.mean(cross_val_score(clf, x, labels, cv=cv)))
 
     rng = np.random.default_rng(seed)

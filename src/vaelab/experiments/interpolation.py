@@ -137,8 +137,11 @@ def _sampling_overview(res_dir, grids, ks, formats, z_range, beta_range):
 def run_interpolation(run, *, variant: str = "both", steps: int = 7, batch_size: int | None = None,
                       seed: int = 0, split: str | None = None, components=None,
                       formats=common.DEFAULT_FORMATS, beta_range: float = BETA_RANGE,
-                      z_range: float = Z_RANGE) -> common.Results:
-    """Run the interpolation experiment on a UG-VAE run (a path or a loaded run)."""
+                      z_range: float = Z_RANGE, raw_grids: bool = False) -> common.Results:
+    """Run the interpolation experiment on a UG-VAE run (a path or a loaded run).
+
+    Figures: ``encoding`` (the encoding grid with its two source images) and ``sampling`` (one panel per
+    component); ``raw_grids`` also writes each grid as a PNG at the images' own resolution."""
     if variant not in VARIANTS:
         raise VaelabError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     if steps < 2:
@@ -166,7 +169,8 @@ def run_interpolation(run, *, variant: str = "both", steps: int = 7, batch_size:
         img_a = ds.images[int(ia[0])].float() / 255.0
         img_b = ds.images[int(ib[0])].float() / 255.0
         res.figures(_encoding_figure(res.dir, grid, img_a, img_b, f"{ds.name}: {how}", formats))
-        res.figures([common.save_array_png(common.tile(grid), res.dir / "encoding_grid.png")])
+        if raw_grids:
+            res.figures([common.save_array_png(common.tile(grid), res.dir / "encoding_grid.png")])
         ch = grid_changes(grid)
         res["encoding"] = {**ch, "batches": how, "indices_a": ia.tolist()[:8], "indices_b": ib.tolist()[:8],
                            "beta_distance": float(np.linalg.norm(out["mu_beta"][0] - out["mu_beta"][1])),
@@ -184,8 +188,8 @@ def run_interpolation(run, *, variant: str = "both", steps: int = 7, batch_size:
         res.figures(_sampling_overview(res.dir, grids, ks, formats, z_range, beta_range))
         per = []
         for k, g in zip(ks, grids):
-            name = common.save_array_png(common.tile(g), res.dir / f"sampling_component{k:02d}.png")
-            res.figures([name])
+            if raw_grids:
+                res.figures([common.save_array_png(common.tile(g), res.dir / f"sampling_component{k:02d}.png")])
             per.append({"component": k, **grid_changes(g)})
         res["sampling"] = {"components": per}
         res.summary["sampling_row_change"] = float(np.mean([p["row_change"] for p in per]))

@@ -78,12 +78,15 @@ class SeriesSampler:
         if missing:
             raise VaelabError(f"the dataset has no image of digit(s) {missing}: MNIST series need every digit")
 
-    def batch(self, rng: np.random.Generator, rule: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
-        """One series batch: (image indices, digits, rule). ``rule`` None draws one uniformly."""
+    def batch(self, rng: np.random.Generator, rule: str | None = None,
+              start: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+        """One series batch: (image indices, digits, rule). ``rule`` / ``start`` None: drawn uniformly."""
         if rule is None:
             rule = self.rules[int(rng.integers(len(self.rules)))]
+        elif rule not in self.streams:
+            raise VaelabError(f"rule {rule!r} is not one of this sampler's rules {self.rules}")
         stream = self.streams[rule]
-        start = int(rng.integers(len(stream)))
+        start = int(rng.integers(len(stream))) if start is None else int(start) % len(stream)
         digits = stream[(start + np.arange(self.batch_size)) % len(stream)]
         idx = np.empty(self.batch_size, dtype=np.int64)
         for d in np.unique(digits):

@@ -10,7 +10,7 @@ Result (and ``eval.json``): namespaced scalars such as ``"mig.score"``, ``"dci.d
 ``"dci.importance"`` (D x K); and plain keys ``seconds`` (per metric, ``encode`` and ``total``),
 ``convergence_warnings`` (per metric and ``total``), ``skipped`` (metric -> why), ``warnings``,
 ``settings`` (the counts each metric used), ``versions`` (numpy, scikit-learn, torch, python, vaelab),
-``dataset``, ``num_latents``, ``seed``, ``profile``.
+``dataset``, ``num_latents``, ``seed``, ``profile``, ``cpu_seconds`` (this process's CPU time per metric).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -357,47 +358,49 @@ def evaluate(run_or_encode, dataset=None, metrics="all", seed: int = 0, profile:
     sampler = CodeSampler(encode, dataset, batch_size=batch_size, progress=progress)
     ctx = {"n_jobs": n_jobs, "encode_params": encode_params}
     result: dict = {}
-    seconds, conv, skipped, warned, settings = {}, {}, {}, {}, {}
-    for name in names:
-        m = METRICS[name]
-        reason = _skip_reason(m, dataset)
-        if reason is not None:
-            if explicit:
-                raise VaelabError(f"{m.title}: {reason}")
-            skipped[name] = reason
-            continue
-        kw = profile_settings(name, profile)
-        kw.update(options.get(name, {}))
-        settings[name] = dict(kw)
-        t0 = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                values, n_conv = m.run(sampler, seed, kw, ctx)
-            except VaelabError as e:
+    seconds, cpu, conv, skipped, warned, settings = {}, {}, {}, {}, {}, {}
+    try:
+        for name in names:
+            m = METRICS[name]
+            reason = _skip_reason(m, dataset)
+            if reason is not None:
                 if explicit:
-                    raise
-                skipped[name] = str(e)
+                    raise VaelabError(f"{m.title}: {reason}")
+                skipped[name] = reason
                 continue
-            except TypeError as e:  # a bad option name
-                if "unexpected keyword" in str(e):
-                    raise VaelabError(f"{m.title}: {e}") from None
-                raise
-        seconds[name] = time.perf_counter() - t0
-        conv[name] = int(n_conv)
-        msgs = sorted({str(w.message).splitlines()[0] for w in caught
-                       if issubclass(w.category, (RuntimeWarning, UserWarning))})
-        if msgs:
-            warned[name] = msgs
-        for key, value in values.items():
-            result[f"{name}.{key}"] = value
-        if progress:
-            import sys
+            kw = profile_settings(name, profile)
+            kw.update(options.get(name, {}))
+            t0, c0 = time.perf_counter(), time.process_time()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    values, n_conv = m.run(sampler, seed, kw, ctx)
+                except VaelabError as e:
+                    if explicit:
+                        raise
+                    skipped[name] = str(e)
+                    continue
+                except TypeError as e:  # a bad option name
+                    if "unexpected keyword" in str(e):
+                        raise VaelabError(f"{m.title}: {e}") from None
+                    raise
+            seconds[name] = time.perf_counter() - t0
+            cpu[name] = time.process_time() - c0
+            settings[name] = kw
+            conv[name] = int(n_conv)
+            msgs = sorted({str(w.message).splitlines()[0] for w in caught
+                           if issubclass(w.category, (RuntimeWarning, UserWarning))})
+            if msgs:
+                warned[name] = msgs
+            for key, value in values.items():
+                result[f"{name}.{key}"] = value
+            if progress:
+                from tqdm import tqdm
 
-            head = m.headline[0]
-            v = values.get(head)
-            sys.stderr.write(f"{name}: {head} = {_fmt(v)} ({seconds[name]:.1f} s)\n")
-
+                head = m.headline[0]
+                tqdm.write(f"{name}: {head} = {_fmt(values.get(head))} ({seconds[name]:.1f} s)", file=sys.stderr)
+    finally:
+        sampler.close()
     seconds["encode"] = sampler.encode_seconds
     seconds["total"] = time.perf_counter() - t_start
     conv["total"] = sum(conv.values())
@@ -412,6 +415,7 @@ def evaluate(run_or_encode, dataset=None, metrics="all", seed: int = 0, profile:
         "num_latents": sampler.num_latents,
         "images_encoded": sampler.images_encoded,
         "seconds": seconds,
+        "cpu_seconds": cpu,  # this process only (DCI's worker processes not included)
         "convergence_warnings": conv,
         "warnings": warned,
         "settings": settings,

@@ -117,18 +117,19 @@ def _dense_labels(x: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def _mi_dense(a: np.ndarray, na: int, b: np.ndarray, nb: int) -> float:
+    if na <= 1 or nb <= 1:  # a single label has zero entropy: MI exactly 0 (as scikit-learn)
+        return 0.0
     n = a.shape[0]
-    joint = np.bincount(a * nb + b, minlength=na * nb).reshape(na, nb).astype(np.float64)
-    pa = joint.sum(axis=1)
-    pb = joint.sum(axis=0)
-    nz = joint > 0
-    pxy = joint[nz]
-    # sum_xy p(x,y) ln[ p(x,y) / (p(x) p(y)) ] with counts: n_xy/n * ln(n * n_xy / (n_x n_y))
-    outer = np.outer(pa, pb)[nz]
-    mi = float(np.sum(pxy / n * (np.log(pxy) + np.log(n) - np.log(outer))))
-    if abs(mi) < np.finfo(np.float64).eps:
-        mi = 0.0
-    return max(mi, 0.0)
+    joint = np.bincount(a * nb + b, minlength=na * nb).reshape(na, nb)
+    nx = joint.sum(axis=1)
+    ny = joint.sum(axis=0)
+    ix, iy = np.nonzero(joint)
+    nxy = joint[ix, iy].astype(np.float64)
+    # sum_xy p(x,y) ln[ p(x,y) / (p(x) p(y)) ] = sum n_xy/n * (ln n_xy - ln n + ln n + ln n - ln n_x n_y)
+    outer = nx[ix].astype(np.float64) * ny[iy].astype(np.float64)
+    terms = nxy / n * (np.log(nxy) - np.log(n)) + nxy / n * (2 * np.log(n) - np.log(outer))
+    terms = np.where(np.abs(terms) < np.finfo(np.float64).eps, 0.0, terms)
+    return float(max(terms.sum(), 0.0))
 
 
 def mutual_info(a, b) -> float:

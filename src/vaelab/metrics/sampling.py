@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 
 from ..errors import VaelabError
 
@@ -19,6 +18,8 @@ DEFAULT_BATCH = 2048
 
 
 def _to_numpy(z) -> np.ndarray:
+    import torch
+
     if isinstance(z, torch.Tensor):
         z = z.detach().to("cpu", torch.float64).numpy()
     return np.asarray(z, dtype=np.float64)
@@ -48,9 +49,10 @@ class CodeSampler:
         self.num_latents: int | None = None
         self.images_encoded = 0
         self.encode_seconds = 0.0
+        self._bar = None
 
     # ------------------------------------------------------------------ encoding
-    def encode_images(self, images: torch.Tensor) -> np.ndarray:
+    def encode_images(self, images) -> np.ndarray:
         t0 = time.perf_counter()
         outs = []
         for i in range(0, len(images), self.batch_size):
@@ -60,7 +62,7 @@ class CodeSampler:
             return np.zeros((0, self.num_latents or 0))
         return np.concatenate(outs)
 
-    def _encode_batch(self, images: torch.Tensor) -> np.ndarray:
+    def _encode_batch(self, images) -> np.ndarray:
         z = _to_numpy(self.encode(images))
         if z.ndim == 1:
             z = z[:, None]
@@ -77,6 +79,24 @@ class CodeSampler:
         self.images_encoded += len(images)
         return z
 
+    def _progress_bar(self, more: int):
+        if not self.progress or more < self.batch_size:
+            return None
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=0, unit="img", desc="encoding distinct images", leave=False,
+                             dynamic_ncols=True, mininterval=0.5)
+        self._bar.total += more
+        self._bar.refresh()
+        return self._bar
+
+    def close(self):
+        """Close the progress bar (if any)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
     def codes_at(self, rows) -> np.ndarray:
         """Codes of dataset rows (any shape of int array; result ``rows.shape + (D,)``)."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -85,11 +105,9 @@ class CodeSampler:
         if need.size:
             need = np.unique(need)
             t0 = time.perf_counter()
-            bar = None
-            if self.progress and len(need) > 4 * self.batch_size:
-                from tqdm import tqdm
+            bar = self._progress_bar(len(need))
+            import torch
 
-                bar = tqdm(total=len(need), unit="img", desc="encoding", leave=False, dynamic_ncols=True)
             images = self.dataset.images
             for i in range(0, len(need), self.batch_size):
                 part = need[i:i + self.batch_size]
@@ -100,8 +118,6 @@ class CodeSampler:
                 self._have[part] = True
                 if bar is not None:
                     bar.update(len(part))
-            if bar is not None:
-                bar.close()
             self.encode_seconds += time.perf_counter() - t0
         return self._codes[flat].reshape(rows.shape + (self._codes.shape[1],))
 
@@ -132,6 +148,8 @@ class CodeSampler:
 
     def sample(self, n: int, rng: np.random.Generator, metric: str = "this metric") -> tuple[np.ndarray, np.ndarray]:
         """``n`` i.i.d. (factors ``n x K``, codes ``n x D``) pairs, as ``dataset.sample`` draws them."""
+        import torch
+
         self.require_factors(metric)
         n = _count(n, "number of points")
         ds = self.dataset
@@ -146,6 +164,8 @@ class CodeSampler:
 
     def sample_unlabelled(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """Codes of ``n`` images drawn uniformly (i.i.d. factors on a labelled dataset)."""
+        import torch
+
         ds = self.dataset
         if ds.has_factors:
             return self.sample(n, rng)[1]

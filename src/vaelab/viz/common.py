@@ -1,6 +1,7 @@
 """Shared pieces of the pictures: opening a run, uint8 conversion, labelled margins, output paths."""
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,7 @@ def cell_origin(i: int, j: int, h: int, w: int) -> tuple[int, int]:
     return PAD + i * (h + PAD), PAD + j * (w + PAD)
 
 
+@lru_cache(maxsize=8)
 def font(size: int = 10):
     return ImageFont.load_default(size=size)
 

@@ -38,29 +38,32 @@ class Reference:
 
 
 @torch.no_grad()
+def kl_per_latent(model, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor):
+    """(per-latent KL over the batch ``x`` (``D`` tensor, nats), UG-VAE posterior-mean β or None).
+
+    VAEs: KL(q(z_j|x) ‖ N(0, 1)) (SPEC §1.4), batch mean. UG-VAE: the kl_z term of SPEC §3.7 per latent,
+    KL to each mixture component weighted by q(d|μ_z), with the batch's posterior-mean β."""
+    if not is_ugvae(model):
+        return (0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)).mean(0), None
+    from ..models.ugvae import kl_gaussians
+
+    mu_b, _ = model.global_posterior(x, use_mean=True)
+    pi = model.component_probs(mu)  # B×K
+    means, variances = model.prior_components(mu_b)  # K×dz
+    kl_ikj = kl_gaussians(mu[:, None], logvar[:, None], means[None], variances.log()[None])
+    return (pi[:, :, None] * kl_ikj).sum(1).mean(0), mu_b
+
+
+@torch.no_grad()
 def reference(run, n: int = KL_BATCH, seed: int = 0) -> Reference:
     ds = common.dataset_of(run)
     rng = np.random.default_rng(seed)
     n = min(n, len(ds))
     idx = np.sort(rng.choice(len(ds), size=n, replace=False))
-    images = ds.images[torch.from_numpy(idx)]
-    mu, logvar = run.encode_params(images)
-    model = run.model
-    if not is_ugvae(model):
-        kl = 0.5 * (mu ** 2 + np.exp(logvar) - logvar - 1.0)  # SPEC §1.4, per image and latent
-        return Reference(idx, kl.mean(0).astype(np.float64))
-    # UG-VAE: KL of q(z|x) to its mixture prior, weighted by q(d|μ_z) (SPEC §3.7 kl_z, π from μ_z)
-    from ..models.ugvae import kl_gaussians
-
-    dev = run.device
-    x = images.to(dev).float().div_(255.0)
-    mu_b, _ = model.global_posterior(x, use_mean=True)
-    mu_t, lv_t = torch.as_tensor(mu, device=dev), torch.as_tensor(logvar, device=dev)
-    pi = model.component_probs(mu_t)  # B×K
-    means, variances = model.prior_components(mu_b)  # K×dz
-    kl_ikj = kl_gaussians(mu_t[:, None], lv_t[:, None], means[None], variances.log()[None])
-    kl = (pi[:, :, None] * kl_ikj).sum(1).mean(0)
-    return Reference(idx, kl.double().cpu().numpy(), mu_b.float().cpu().numpy())
+    x = ds.images[torch.from_numpy(idx)].to(run.device).float().div_(255.0)
+    mu, logvar = run.model.encode(x)
+    kl, beta = kl_per_latent(run.model, x, mu, logvar)
+    return Reference(idx, kl.double().cpu().numpy(), None if beta is None else beta.float().cpu().numpy())
 
 
 def latent_kl(run, n: int = KL_BATCH, seed: int = 0) -> np.ndarray:
@@ -258,18 +261,22 @@ def decode_codes(run, z: np.ndarray, beta=None, batch_size: int = 512) -> np.nda
 def traversal(run, origin: Origin, values=None, dims=None, kl=None, ref: Reference | None = None) -> Traversal:
     """The traversal of ``origin`` over ``values`` (default -3..3 in 10 steps) for latents ``dims``
     (default all), rows sorted by per-latent KL (descending)."""
-    d = run.latent_dim
-    values = traversal_values() if values is None else np.asarray(values, dtype=np.float64)
     if kl is None:
         kl = (ref if ref is not None else reference(run)).kl
+    return build_traversal(lambda z: decode_codes(run, z, origin.beta), run.latent_dim, origin, values, dims, kl)
+
+
+def build_traversal(decode, d: int, origin: Origin, values, dims, kl) -> Traversal:
+    """A :class:`Traversal` from a ``decode(codes N x D) -> uint8 N x C x H x W`` function."""
+    values = traversal_values() if values is None else np.asarray(values, dtype=np.float64)
+    kl = np.asarray(kl, dtype=np.float64)
     dims = check_dims(range(d) if dims is None else dims, d)
     if not dims:
         raise VaelabError("no latents to traverse")
     dims = sorted(dims, key=lambda j: (-kl[j], j))
-    codes = traversal_codes(origin.z, dims, values)
-    cells = decode_codes(run, codes, origin.beta)
+    cells = decode(traversal_codes(origin.z, dims, values))
     cells = cells.reshape(len(dims), len(values), *cells.shape[1:])
-    t = Traversal(origin, dims, values, np.asarray(kl), cells)
+    t = Traversal(origin, dims, values, kl, cells)
     t.image, t.left, t.top = _label_traversal(t)
     return t
 
@@ -282,7 +289,9 @@ def _label_traversal(t: Traversal) -> tuple[np.ndarray, int, int]:
     texts = [a for a, _ in rows] + [b for _, b in rows]
     left = max(common.text_width(x) for x in (texts if two_lines else [f"{a} {b}" for a, b in rows])) + 8
     vals = [fmt(float(v)) for v in t.values]
-    fits = max(common.text_width(v) for v in vals) <= w + PAD
+    if max(common.text_width(v) for v in vals) > w - 2:
+        vals = [f"{float(v):.2g}" for v in t.values]
+    fits = max(common.text_width(v) for v in vals) <= w - 2
     top = 14
     items = []
     for i, (a, b) in enumerate(rows):

@@ -1,0 +1,242 @@
+"""``vaelab data list | info | show | prepare | fetch``: looking at, preparing and getting datasets."""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import os
+import sys
+import time
+import warnings
+
+from ..errors import VaelabError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("data", help="list, inspect, show, prepare and fetch datasets",
+                              description="Datasets: what is registered, what is here, what it looks like.")
+    sub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: _usage(p))
+
+    q = sub.add_parser("list", help="every registered dataset, its factors, and whether its files are here")
+    _quiet(q)
+    q.set_defaults(func=cmd_list)
+
+    q = sub.add_parser("info", help="count, image shape, factors and location of one dataset")
+    q.add_argument("name")
+    _load_args(q)
+    q.set_defaults(func=cmd_info)
+
+    q = sub.add_parser("show", help="save a grid of random images as a PNG")
+    q.add_argument("name")
+    q.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+    q.add_argument("--out", default="grid.png", help="PNG to write (default grid.png)")
+    q.add_argument("--seed", type=int, default=0, help="random draw seed (default 0)")
+    q.add_argument("--nrow", type=int, default=None, help="images per row (default: square grid)")
+    _load_args(q)
+    q.set_defaults(func=cmd_show)
+
+    q = sub.add_parser("prepare", help="decode a dataset once into a cached, memory-mapped uint8 array")
+    q.add_argument("name")
+    q.add_argument("--source", "--root", dest="source", help="file or folder holding the data (zip, tar or folder of images; "
+                                    "default: the data directory)")
+    q.add_argument("--force", action="store_true", help="rebuild the cache even if it is up to date")
+    _load_args(q, root=False)
+    q.set_defaults(func=cmd_prepare)
+
+    q = sub.add_parser("fetch", help="download a dataset into the data directory (checksummed, resumable)")
+    q.add_argument("name")
+    q.add_argument("--force", action="store_true", help="download again even if the files are present")
+    q.add_argument("--base-url", help="mirror to download from (BASE/<file name>); also $VAELAB_FETCH_BASE_URL")
+    q.add_argument("--file", action="append", dest="files", metavar="NAME",
+                   help="only this file (repeatable), e.g. t10k-images-idx3-ubyte.gz")
+    _quiet(q)
+    q.set_defaults(func=cmd_fetch)
+
+
+def _usage(p) -> int:
+    p.print_help()
+    return 2
+
+
+def _quiet(p) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _load_args(p, root: bool = True) -> None:
+    if root:
+        p.add_argument("--root", help="file or folder holding the data (default: the data directory)")
+    p.add_argument("--split", default="train", help="train, val, test or all (default train)")
+    p.add_argument("--size", type=int, default=None, help="image side to resize to, where allowed")
+    p.add_argument("--preprocess", choices=("resize", "center_crop_148"), default=None,
+                   help="image sets: squash-resize (default) or CelebA's centre 148 crop then resize")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="image sets: 1 grey or 3 RGB")
+    p.add_argument("--csv", default=None, help="image-folder: CSV of factors (file + one column per factor)")
+    p.add_argument("--root-a", default=None, help="mixtures: data of the first domain")
+    p.add_argument("--root-b", default=None, help="mixtures: data of the second domain")
+    _quiet(p)
+
+
+@contextlib.contextmanager
+def _session(args):
+    """One-line warnings on stderr; --quiet turns progress bars off."""
+    from ..data.prepare import DataWarning
+
+    if getattr(args, "quiet", False):
+        os.environ["VAELAB_QUIET"] = "1"
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(f"vaelab: warning: {message}\n")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DataWarning)
+        warnings.showwarning = show
+        yield
+
+
+def _options(args, loader) -> dict:
+    """The loader options the user gave (refusing those this dataset does not take)."""
+    given = {k: getattr(args, a) for k, a in (("preprocess", "preprocess"), ("channels", "channels"),
+                                               ("csv", "csv"), ("root_a", "root_a"), ("root_b", "root_b"))
+             if getattr(args, a, None) is not None}
+    if getattr(args, "force", False):
+        given["force"] = True
+    params = inspect.signature(loader).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        inner = getattr(loader, "__kwdefaults__", None) or {}
+        target = inner.get("_loader")
+        if target is not None:
+            params = inspect.signature(target).parameters
+    for k in given:
+        if k not in params:
+            raise VaelabError(f"dataset {args.name!r} does not take --{k.replace('_', '-')}")
+    return given
+
+
+def _load(args, root):
+    from ..data import get, load
+
+    spec = get(args.name)
+    return load(args.name, root=root, split=args.split, size=args.size, **_options(args, spec.loader))
+
+
+def _factor_text(pairs) -> str:
+    pairs = list(pairs)
+    if not pairs:
+        return "none"
+    if len(pairs) > 6 and len({s for _, s in pairs}) == 1:
+        return f"{len(pairs)} factors of size {pairs[0][1]} ({', '.join(n for n, _ in pairs[:3])}, ...)"
+    return ", ".join(f"{n} {s}" for n, s in pairs)
+
+
+def cmd_list(args) -> int:
+    from .. import paths
+    from ..data import get, names
+
+    with _session(args):
+        root = paths.data_dir()
+        rows = []
+        for name in names():
+            spec = get(name)
+            if spec.needs_root:
+                here = "--root"
+            elif not spec.needs_files:
+                here = "generated"
+            else:
+                here = "yes" if spec.present(root) else "no"
+            count = f"{spec.count:,}" if spec.count else "-"
+            shape = "x".join(str(s) for s in spec.image_shape) if spec.image_shape else "-"
+            rows.append((name, here, count, shape, _factor_text(spec.factors)))
+        head = ("NAME", "HERE", "IMAGES", "SHAPE", "FACTORS")
+        widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
+        print(fmt.format(*head))
+        for r in rows:
+            print(fmt.format(*r))
+        print(f"data directory: {root}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .. import paths
+    from ..data import get
+
+    with _session(args):
+        spec = get(args.name)
+        static = (args.root is None and not spec.needs_files and not spec.needs_root and spec.count
+                  and spec.image_shape and args.size is None and args.split in ("train", "all"))
+        if static:  # generated data (procedural dSprites): report the spec, render nothing
+            c, h, w = spec.image_shape
+            print(f"{spec.name}: {spec.count:,} images, {c} x {h} x {w} uint8 (generated on demand)")
+            print(f"factors: {_factor_text(spec.factors)}")
+            print("factor sizes: " + " ".join(str(s) for _, s in spec.factors))
+            if spec.source:
+                print(f"source: {spec.source}")
+            return 0
+        t0 = time.perf_counter()
+        ds = _load(args, args.root)
+        dt = time.perf_counter() - t0
+        print(ds.describe())
+        if ds.has_factors:
+            print("factor sizes: " + " ".join(str(s) for s in ds.factor_sizes))
+        if ds.meta.get("domains"):
+            counts = [int((ds.meta["domain_index"] == i).sum()) for i in range(len(ds.meta["domains"]))]
+            print("domains: " + ", ".join(f"{d} ({n:,})" for d, n in zip(ds.meta["domains"], counts)) +
+                  f"; batches: {ds.meta.get('batch_mode', 'mixed')}")
+        if ds.meta.get("cache"):
+            print(f"cache: {ds.meta['cache']}")
+        if args.root is None:
+            print(f"data directory: {paths.data_dir()}")
+        print(f"split: {args.split}; loaded in {dt:.2f} s")
+    return 0
+
+
+def cmd_show(args) -> int:
+    import numpy as np
+
+    from ..viz.grid import make_grid, save_png
+
+    if args.n < 1:
+        raise VaelabError(f"--n must be at least 1, got {args.n}")
+    with _session(args):
+        ds = _load(args, args.root)
+        n = min(args.n, len(ds))
+        rng = np.random.default_rng(args.seed)
+        idx = np.sort(rng.choice(len(ds), size=n, replace=False))
+        import torch
+
+        images = ds.images[torch.from_numpy(idx)]
+        nrow = args.nrow or max(1, math.ceil(math.sqrt(n)))
+        path = save_png(make_grid(images, nrow=nrow), args.out)
+        print(f"wrote {path} ({n} images of {ds.name}, seed {args.seed})")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from ..data.prepare import prepare
+
+    with _session(args):
+        from ..data import get
+
+        spec = get(args.name)
+        opts = _options(args, spec.loader)
+        t0 = time.perf_counter()
+        ds = prepare(args.name, args.source, size=args.size, split=args.split, **opts)
+        dt = time.perf_counter() - t0
+        c, h, w = ds.image_shape
+        print(f"prepared {ds.name}: {len(ds):,} images, {c} x {h} x {w} uint8 from {ds.source} in {dt:.1f} s")
+        if ds.meta.get("cache"):
+            print(f"cache: {ds.meta['cache']} (images.npy + manifest.json)")
+        else:
+            print(f"{ds.name} needs no cache: it loads straight from its files")
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    from ..data.fetch import fetch
+
+    with _session(args):
+        paths_ = fetch(args.name, base_url=args.base_url, force=args.force, files=args.files,
+                       quiet=args.quiet)
+        print(f"{args.name}: {len(paths_)} file(s) ready")
+    return 0

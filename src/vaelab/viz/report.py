@@ -1,0 +1,613 @@
+"""One HTML page per run (``RUN/report.html``) and one comparison page for several runs.
+
+The page is self-contained: every picture is embedded as a base64 data URI, styles and the few lines
+of script (sortable tables) are inline, nothing is fetched from the network. The pictures come from
+``RUN/images/`` and are rendered first when missing (:func:`render_all`, which records what it drew
+in ``images/pictures_step<S>.json``). Everything else is read from the run folder: config.toml,
+metrics.jsonl, eval.json (scores) and experiments/<name>/ (UG-VAE experiment figures and numbers).
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import math
+import os
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+
+from ..errors import VaelabError
+from . import common, plots
+from . import recon as rc
+from . import sample as sm
+from . import traverse as tv
+
+MANIFEST_VERSION = 1
+COMMON_MODEL_KEYS = {"objective", "net", "latent_dim", "likelihood", "variance", "net_options"}
+IMAGE_TYPES = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+               ".svg": "image/svg+xml", ".webp": "image/webp"}
+
+
+# ====================================================================== pictures
+def render_all(run, out=None, force: bool = False, seed: int = 0, quiet: bool = True) -> dict:
+    """Every picture the report shows, for the run's loaded checkpoint, into ``RUN/images`` (or ``out``).
+
+    Returns the manifest (file names relative to the images folder). Pictures already made for this
+    step are reused unless ``force``; the curves are redrawn when metrics.jsonl is newer."""
+    d = common.out_dir(run, out)
+    tag = common.step_tag(run.step)
+    mpath = d / f"pictures_{tag}.json"
+    manifest = None
+    if mpath.is_file() and not force:
+        try:
+            manifest = json.loads(mpath.read_text())
+        except json.JSONDecodeError:
+            manifest = None
+        if manifest is not None and (manifest.get("version") != MANIFEST_VERSION
+                                     or not all((d / f).is_file() for f in _manifest_files(manifest))):
+            manifest = None
+    if manifest is None:
+        t0 = time.perf_counter()
+        manifest = _render(run, d, tag, seed)
+        manifest["render_seconds"] = round(time.perf_counter() - t0, 3)
+        mpath.write_text(json.dumps(manifest, indent=1))
+        if not quiet:
+            print(f"rendered the pictures of {run.path} at step {run.step} in {manifest['render_seconds']:.1f} s")
+    metrics = Path(run.path) / "metrics.jsonl"
+    stale = [f for f in manifest.get("plots", []) if not (d / f).is_file()
+             or (metrics.is_file() and (d / f).stat().st_mtime < metrics.stat().st_mtime)]
+    if stale or (not manifest.get("plots") and metrics.is_file()):
+        try:
+            manifest["plots"] = [p.name for p in plots.write_plots(run.path, d)]
+        except VaelabError:
+            manifest["plots"] = []
+        mpath.write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def _manifest_files(m: dict) -> list[str]:
+    files = [m["reconstruction"], m["samples"], m["kl_bars"], *m.get("plots", [])]
+    for t in m["traversals"]:
+        files.append(t["png"])
+        files += list(t.get("gifs", {}).values())
+        if t.get("origin_png"):
+            files.append(t["origin_png"])
+    return files
+
+
+def _render(run, d: Path, tag: str, seed: int) -> dict:
+    ref = tv.reference(run, seed=seed)
+    m: dict = {"version": MANIFEST_VERSION, "step": run.step, "latent_dim": run.latent_dim,
+               "kl": [float(x) for x in ref.kl], "kl_batch": int(len(ref.indices))}
+    m["reconstruction"] = rc.write_reconstruction(run, d, seed=seed).name
+    m["samples"] = sm.write_samples(run, d, seed=seed).name
+    m["kl_bars"] = plots.kl_bar_chart(ref.kl, d / f"kl_bars_{tag}.png",
+                                      title=f"per-latent KL, step {run.step} ({len(ref.indices)} images)").name
+    values = tv.traversal_values()
+    m["values"] = [float(v) for v in values]
+    defaults = tv.make_origins(run, seed=seed, ref=ref)
+    extra = tv.make_origins(run, zero=True, prior=True, seed=seed, ref=ref)
+    m["traversals"] = []
+    for origin, gif in [(o, True) for o in defaults] + [(o, False) for o in extra]:
+        t = tv.traversal(run, origin, values, ref=ref)
+        paths = tv.save_traversal(t, d, run.step, gif=gif)
+        entry = {"name": origin.name, "label": origin.label, "index": origin.index, "dims": t.dims,
+                 "png": paths[0].name}
+        if gif:
+            folder = paths[1].parent.name
+            entry["gifs"] = {"all": f"{folder}/all.gif", **{f"z{j}": f"{folder}/z{j:02d}.gif" for j in t.dims}}
+        if origin.image is not None:
+            stem = paths[0].stem
+            entry["origin_png"] = common.save_png(origin.image.transpose(1, 2, 0),
+                                                  d / f"{stem}_origin.png").name
+        m["traversals"].append(entry)
+    m["plots"] = []
+    if (Path(run.path) / "metrics.jsonl").is_file():
+        try:
+            m["plots"] = [p.name for p in plots.write_plots(run.path, d)]
+        except VaelabError:
+            pass
+    return m
+
+
+# ====================================================================== run facts (no model needed)
+def flatten(d, prefix: str = "") -> dict:
+    """Nested dicts -> one level with dotted keys."""
+    out = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, dict):
+                out.update(flatten(v, key))
+            else:
+                out[key] = v
+    return out
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _metric_headlines() -> dict[str, tuple[str, list[str]]]:
+    """metric name -> (title, headline keys, the score first), from the evaluator's registry."""
+    try:
+        from ..metrics.evaluate import METRICS
+    except ImportError:  # pragma: no cover - the metrics package is part of vaelab
+        return {}
+    return {n: (m.title, list(m.headline)) for n, m in METRICS.items()}
+
+
+def score_rows(data: dict) -> list[tuple[str, str, float, bool]]:
+    """(metric, key, value, headline?) of the scalar scores in an eval.json dict (``"mig.score"`` style keys;
+    metrics in the order the file lists them, headline keys first)."""
+    heads = _metric_headlines()
+    names = data.get("metrics")
+    if not isinstance(names, list):
+        names = sorted({k.split(".", 1)[0] for k in data if "." in k})
+    rows = []
+    for name in names:
+        keys = [k.split(".", 1)[1] for k in data if k.startswith(f"{name}.") and _is_number(data[k])]
+        head = [k for k in heads.get(name, ("", []))[1] if k in keys]
+        for k in head + sorted(k for k in keys if k not in head):
+            rows.append((name, k, float(data[f"{name}.{k}"]), k in head))
+    return rows
+
+
+def scores(run_dir: Path) -> dict[str, float]:
+    """The score of each metric in ``eval.json`` (its first headline value, e.g. ``mig.score``), or {}."""
+    data = read_json(Path(run_dir) / "eval.json")
+    if not isinstance(data, dict):
+        return {}
+    out = {}
+    for name, key, value, _ in score_rows(data):  # headline keys come first: the first row is the score
+        if not any(k.startswith(f"{name}.") for k in out):
+            out[f"{name}.{key}"] = value
+    return out
+
+
+def last_terms(rows: list[dict]) -> dict:
+    """The last logged value of every scalar term (training and validation)."""
+    out = {}
+    for r in rows:
+        for k, v in r.items():
+            if k != "step" and _is_number(v):
+                out[k] = float(v)
+    return out
+
+
+def run_facts(run_dir) -> dict:
+    """What the comparison table shows about a run, from its files only."""
+    from ..config import read_toml
+    from ..training import checkpoint
+    from ..training.logger import read_metrics
+
+    run_dir = Path(run_dir)
+    cfg = read_toml(run_dir / "config.toml")
+    model = cfg.get("model", {})
+    rows = read_metrics(run_dir)
+    cks = checkpoint.list_checkpoints(run_dir)
+    steps = [r["step"] for r in rows if isinstance(r.get("step"), int)]
+    return {
+        "name": run_dir.name, "path": run_dir, "preset": cfg.get("name", ""),
+        "objective": model.get("objective", "?"), "net": model.get("net", ""),
+        "latent_dim": model.get("latent_dim"), "dataset": cfg.get("data", {}).get("name", "?"),
+        "hparams": {k: v for k, v in model.items() if k not in COMMON_MODEL_KEYS and not isinstance(v, dict)},
+        "lr": {g: o.get("lr") for g, o in cfg.get("optim", {}).items() if isinstance(o, dict)},
+        "batch_size": cfg.get("train", {}).get("batch_size"),
+        "steps": max(steps) if steps else (int(cks[-1].name.split("-")[-1]) if cks else 0),
+        "planned_steps": cfg.get("train", {}).get("steps"),
+        "terms": last_terms([r for r in rows if not any(k.startswith("val.") for k in r)]),
+        "val_terms": last_terms([r for r in rows if any(k.startswith("val.") for k in r)]),
+        "scores": scores(run_dir),
+    }
+
+
+# ====================================================================== HTML pieces
+CSS = """
+:root { --fg:#1d2430; --muted:#5d6b7e; --line:#dfe4ea; --bg:#ffffff; --accent:#2557a7; --soft:#f5f7fa; }
+* { box-sizing: border-box; }
+body { margin:0; font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
+       color:var(--fg); background:var(--bg); }
+main { max-width:1200px; margin:0 auto; padding:18px 22px 60px; }
+header h1 { margin:0 0 4px; font-size:24px; }
+.sub { color:var(--muted); margin:0 0 10px; }
+nav { position:sticky; top:0; background:rgba(255,255,255,.95); border-bottom:1px solid var(--line);
+      padding:6px 0; margin-bottom:10px; z-index:1; }
+nav a { margin-right:14px; color:var(--accent); text-decoration:none; font-size:14px; }
+h2 { font-size:19px; margin:28px 0 8px; padding-top:6px; border-top:1px solid var(--line); }
+h3 { font-size:15px; margin:18px 0 6px; }
+img { max-width:100%; height:auto; }
+img.px { image-rendering:pixelated; }
+table { border-collapse:collapse; font-size:13.5px; }
+th, td { border-bottom:1px solid var(--line); padding:4px 10px; text-align:left; vertical-align:top; }
+th { background:var(--soft); font-weight:600; }
+td.n, th.n { text-align:right; font-variant-numeric:tabular-nums; }
+table.sortable th { cursor:pointer; user-select:none; white-space:nowrap; }
+table.sortable th.asc::after { content:" \\25B2"; font-size:10px; }
+table.sortable th.desc::after { content:" \\25BC"; font-size:10px; }
+.scroll { overflow-x:auto; max-width:100%; }
+pre { background:var(--soft); padding:10px; overflow:auto; font-size:12.5px; max-height:480px; }
+details summary { cursor:pointer; color:var(--accent); margin:6px 0; }
+.row { display:flex; flex-wrap:wrap; gap:18px; align-items:flex-start; }
+figure { margin:0 0 12px; }
+figcaption { color:var(--muted); font-size:13px; margin-top:2px; }
+.gifs { display:flex; flex-wrap:wrap; gap:8px; }
+.gifs figure { text-align:center; }
+.note { color:var(--muted); font-size:13px; }
+"""
+
+SORT_JS = """
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  var heads = table.tHead.rows[0].cells;
+  Array.prototype.forEach.call(heads, function (th, col) {
+    th.addEventListener("click", function () {
+      var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+      var dir = th.classList.contains("asc") ? -1 : 1;
+      Array.prototype.forEach.call(heads, function (h) { h.classList.remove("asc", "desc"); });
+      th.classList.add(dir > 0 ? "asc" : "desc");
+      function key(r) {
+        var c = r.cells[col], v = c.hasAttribute("data-v") ? c.getAttribute("data-v") : c.textContent.trim();
+        var n = parseFloat(v);
+        return v === "" ? null : (isNaN(n) ? v.toLowerCase() : n);
+      }
+      rows.sort(function (a, b) {
+        var x = key(a), y = key(b);
+        if (x === null || y === null) { return x === y ? 0 : (x === null ? 1 : -1); }
+        if (typeof x !== typeof y) { return typeof x === "number" ? -1 : 1; }
+        return (x < y ? -1 : x > y ? 1 : 0) * dir;
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});
+"""
+
+
+def esc(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def num(v, digits: int = 4) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, int):
+        return str(v)
+    if not math.isfinite(v):
+        return str(v)
+    if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+        return f"{v:.{digits - 1}e}"
+    return f"{v:.{digits}g}"
+
+
+def data_uri(path: Path) -> str:
+    mime = IMAGE_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+def img(path: Path, alt: str, *, scale: float = 1.0, pixel: bool = False) -> str:
+    """An embedded <img>; ``scale`` enlarges small pixel pictures (nearest neighbour with ``pixel``)."""
+    from PIL import Image
+
+    w = h = None
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception:  # not an image Pillow knows (svg): let the browser size it
+        pass
+    size = f' width="{round(w * scale)}" height="{round(h * scale)}"' if w else ""
+    cls = ' class="px"' if pixel else ""
+    return f'<img src="{data_uri(path)}" alt="{esc(alt)}"{size}{cls} loading="eager">'
+
+
+def kv_table(items, numeric: bool = True) -> str:
+    rows = "".join(f"<tr><th>{esc(k)}</th><td{' class=n' if numeric and _is_number(v) else ''}>"
+                   f"{esc(num(v) if _is_number(v) else v)}</td></tr>" for k, v in items)
+    return f"<table>{rows}</table>"
+
+
+def page(title: str, body: str, script: str = "") -> str:
+    js = f"<script>{script}</script>" if script else ""
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<meta name="generator" content="vaelab"><title>{esc(title)}</title>'
+            f'<link rel="icon" href="data:,">'
+            f"<style>{CSS}</style></head><body><main>{body}</main>{js}</body></html>\n")
+
+
+# ====================================================================== one run
+def _config_section(run, facts: dict) -> str:
+    cfg = run.cfg
+    parts = ["<h2 id=config>Config</h2>"]
+    desc = [f"<b>{esc(cfg.name)}</b>"]
+    if cfg.description:
+        desc.append(esc(cfg.description))
+    parts.append(f"<p>{' — '.join(desc)}</p>")
+    if cfg.source:
+        parts.append(f'<p class=note>source: {esc(cfg.source)}</p>')
+    items = [("objective", facts["objective"]), ("net", facts["net"]), ("latent_dim", facts["latent_dim"])]
+    items += [(k, v) for k, v in run.config["model"].items()
+              if k not in ("objective", "net", "latent_dim") and not isinstance(v, dict)]
+    items += [("dataset", run.config["data"]["name"]), ("batch_size", facts["batch_size"]),
+              ("steps (planned)", facts["planned_steps"]), ("seed", run.config["train"].get("seed"))]
+    items += [(f"lr.{g}", v) for g, v in facts["lr"].items()]
+    parts.append(kv_table(items))
+    toml_path = Path(run.path) / "config.toml"
+    text = toml_path.read_text() if toml_path.is_file() else cfg.to_toml()
+    parts.append(f"<details><summary>config.toml</summary><pre>{esc(text)}</pre></details>")
+    return "".join(parts)
+
+
+def _scores_section(run_dir: Path) -> str:
+    data = read_json(run_dir / "eval.json")
+    if not isinstance(data, dict):
+        return ""
+    heads = _metric_headlines()
+    rows = score_rows(data)
+    main = [r for r in rows if r[3]] or rows
+    extra = [r for r in rows if not r[3]] if len(main) < len(rows) else []
+    out = ["<h2 id=scores>Disentanglement scores</h2>"]
+    facts = [f"{k} {data[k]}" for k in ("step", "profile", "seed") if k in data and not isinstance(data[k], dict)]
+    if facts:
+        out.append(f"<p class=note>eval.json: {esc(', '.join(facts))}</p>")
+    if main:
+        out.append(_score_table(main, heads))
+    else:
+        out.append("<p class=note>eval.json holds no scores.</p>")
+    if extra:
+        out.append(f"<details><summary>more numbers</summary>{_score_table(extra, heads)}</details>")
+    factor_names = (data.get("dataset") or {}).get("factor_names") if isinstance(data.get("dataset"), dict) else None
+    breakdowns = [(k, v) for k, v in data.items() if "." in k and isinstance(v, (dict, list)) and v]
+    if breakdowns:
+        parts = [f"<h3>{esc(k)}</h3>{_breakdown(v, factor_names)}" for k, v in breakdowns]
+        out.append(f"<details><summary>breakdowns</summary>{''.join(parts)}</details>")
+    skipped = data.get("skipped")
+    if isinstance(skipped, dict) and skipped:
+        out.append("<p class=note>skipped: " + "; ".join(f"{esc(k)} ({esc(v)})" for k, v in skipped.items()) + "</p>")
+    return "".join(out)
+
+
+def _score_table(rows, heads) -> str:
+    body, last = [], None
+    for name, key, value, _ in rows:
+        title = heads.get(name, (name, []))[0] if name != last else ""
+        last = name
+        body.append(f"<tr><th>{esc(title)}</th><td>{esc(key)}</td><td class=n>{esc(num(value))}</td></tr>")
+    return ("<table><thead><tr><th>metric</th><th>value</th><th class=n></th></tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>")
+
+
+def _breakdown(v, factor_names=None) -> str:
+    """A dict of numbers as a key/value table, a matrix (latents x factors) as a shaded table."""
+    if isinstance(v, dict):
+        return kv_table([(k, x if _is_number(x) else json.dumps(x)[:80]) for k, x in v.items()])
+    a = v
+    if isinstance(a, list) and a and all(isinstance(r, list) and r and all(_is_number(x) for x in r) for r in a):
+        m = np.asarray(a, dtype=np.float64)
+        if m.ndim == 2:
+            top = float(np.nanmax(np.abs(m))) or 1.0
+            cols = factor_names if factor_names and len(factor_names) == m.shape[1] else list(range(m.shape[1]))
+            head = "<tr><th></th>" + "".join(f"<th class=n>{esc(c)}</th>" for c in cols) + "</tr>"
+            body = "".join(
+                f"<tr><th>z{i}</th>" + "".join(
+                    f'<td class=n style="background:rgba(37,87,167,{min(abs(x) / top, 1) * 0.6:.2f})">{esc(num(x, 2))}</td>'
+                    for x in row) + "</tr>" for i, row in enumerate(m))
+            return f"<div class=scroll><table>{head}{body}</table></div>"
+    if isinstance(a, list) and all(_is_number(x) for x in a):
+        return f"<p>{esc(', '.join(num(x) for x in a))}</p>"
+    return f"<pre>{esc(json.dumps(a)[:2000])}</pre>"
+
+
+def _experiments_section(run_dir: Path) -> str:
+    root = run_dir / "experiments"
+    if not root.is_dir():
+        return ""
+    blocks = []
+    for exp in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = sorted(p for p in exp.rglob("*") if p.is_file())
+        pics = [p for p in files if p.suffix.lower() in IMAGE_TYPES]
+        jsons = [p for p in files if p.suffix.lower() == ".json"]
+        if not pics and not jsons:
+            continue
+        parts = [f"<h3>{esc(exp.name)}</h3>"]
+        if pics:
+            figs = "".join(f"<figure>{img(p, p.stem)}<figcaption>{esc(p.relative_to(exp))}</figcaption></figure>"
+                           for p in pics)
+            parts.append(f'<div class=row>{figs}</div>')
+        for j in jsons:
+            data = read_json(j)
+            flat = flatten(data) if isinstance(data, dict) else {"value": data}
+            items = []
+            for k, v in flat.items():
+                if _is_number(v) or isinstance(v, str):
+                    items.append((k, v))
+                elif isinstance(v, list) and len(v) <= 12 and all(_is_number(x) for x in v):
+                    items.append((k, ", ".join(num(x) for x in v)))
+                elif isinstance(v, list):
+                    items.append((k, f"[{len(v)} values]"))
+            parts.append(f"<p class=note>{esc(j.relative_to(exp))}</p>{kv_table(items[:300])}")
+        blocks.append("".join(parts))
+    if not blocks:
+        return ""
+    return "<h2 id=experiments>UG-VAE experiments</h2>" + "".join(blocks)
+
+
+def run_report_html(run, manifest: dict, images_dir: Path) -> str:
+    run_dir = Path(run.path)
+    facts = run_facts(run_dir)
+    d = Path(images_dir)
+    step = manifest["step"]
+    title = f"{run_dir.name} — vaelab report"
+    sections = []
+    head = (f"<header><h1>{esc(run_dir.name)}</h1><p class=sub>{esc(facts['objective'])} · {esc(facts['net'])} · "
+            f"{esc(facts['dataset'])} · {facts['latent_dim']} latents · checkpoint step {step:,}"
+            f" · report written {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}</p></header>")
+    sc = _scores_section(run_dir)
+    ex = _experiments_section(run_dir)
+    links = [("config", "Config")] + ([("scores", "Scores")] if sc else []) + [
+        ("curves", "Curves"), ("recon", "Reconstructions"), ("traversals", "Traversals"), ("samples", "Samples"),
+        ("kl", "Per-latent KL")] + ([("experiments", "Experiments")] if ex else [])
+    sections.append(head + "<nav>" + "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in links) + "</nav>")
+    sections.append(_config_section(run, facts))
+    if sc:
+        sections.append(sc)
+
+    # curves
+    parts = ["<h2 id=curves>Training curves</h2>"]
+    if manifest.get("plots"):
+        parts += [f"<figure>{img(d / p, p)}</figure>" for p in manifest["plots"]]
+    else:
+        parts.append("<p class=note>metrics.jsonl has no rows yet.</p>")
+    t = facts["terms"]
+    if t:
+        keys = [k for k in t if not k.startswith("lr.")]
+        parts.append("<details><summary>last logged values</summary>"
+                     + kv_table([(k, t[k]) for k in keys] + list(facts["val_terms"].items())) + "</details>")
+    sections.append("".join(parts))
+
+    # reconstructions (small pixel pictures are enlarged, nearest neighbour)
+    rp = d / manifest["reconstruction"]
+    sections.append("<h2 id=recon>Reconstructions</h2><p class=note>Each row of data images sits above its "
+                    "reconstructions (decoded posterior means).</p>"
+                    f"<figure>{img(rp, 'reconstructions', scale=_fit(rp, 820), pixel=True)}</figure>")
+
+    # traversals
+    vals = manifest["values"]
+    parts = ["<h2 id=traversals>Latent traversals</h2>",
+             f"<p class=note>One row per latent, sorted by its KL (nats, mean over {manifest['kl_batch']} images, "
+             f"written beside each row); columns set that latent to {num(vals[0])} … {num(vals[-1])} "
+             f"({len(vals)} values) and keep the others at the origin's code. The animations go through the "
+             f"same values and back.</p>"]
+    for tr in manifest["traversals"]:
+        parts.append(f"<h3>{esc(tr['label'])}</h3><div class=row>")
+        if tr.get("origin_png"):
+            parts.append(f"<figure>{img(d / tr['origin_png'], 'origin image', scale=2, pixel=True)}"
+                         f"<figcaption>origin</figcaption></figure>")
+        tp = d / tr["png"]
+        parts.append(f"<figure>{img(tp, 'traversal ' + tr['name'], scale=_fit(tp, 900), pixel=True)}</figure></div>")
+        gifs = tr.get("gifs") or {}
+        if gifs:
+            figs = []
+            if "all" in gifs:
+                ap = d / gifs["all"]
+                figs.append(f"<figure>{img(ap, 'all latents', scale=_fit(ap, 1100), pixel=True)}"
+                            f"<figcaption>all latents together</figcaption></figure>")
+            figs += [f"<figure>{img(d / v, k, scale=_fit(d / v, 96), pixel=True)}<figcaption>{esc(k)} · KL "
+                     f"{num(manifest['kl'][int(k[1:])], 2)}</figcaption></figure>" for k, v in gifs.items() if k != "all"]
+            parts.append(f"<div class=gifs>{''.join(figs)}</div>")
+    sections.append("".join(parts))
+
+    sp = d / manifest["samples"]
+    sections.append("<h2 id=samples>Samples from the prior</h2>"
+                    f"<figure>{img(sp, 'samples', scale=_fit(sp, 820), pixel=True)}</figure>")
+
+    kl = manifest["kl"]
+    order = sorted(range(len(kl)), key=lambda j: -kl[j])
+    table = kv_table([(f"z{j}", kl[j]) for j in order])
+    sections.append(f"<h2 id=kl>Per-latent KL</h2><div class=row><figure>{img(d / manifest['kl_bars'], 'KL bars')}"
+                    f"</figure><details><summary>values</summary>{table}</details></div>")
+    if ex:
+        sections.append(ex)
+    return page(title, "".join(sections))
+
+
+def _fit(path: Path, width: int, most: float = 2.0) -> float:
+    """Display scale of a picture: enlarged up to ``most`` times, but never wider than ``width`` pixels."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w = im.size[0]
+    return min(most, width / w)
+
+
+def write_report(run, out=None, step: int | None = None, force: bool = False, quiet: bool = True) -> Path:
+    """Write ``RUN/report.html`` (or ``out``) for a run folder or :class:`Run`; returns its path."""
+    run = common.open_run(run, step=step)
+    manifest = render_all(run, force=force, quiet=quiet)
+    path = Path(out) if out else Path(run.path) / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_report_html(run, manifest, Path(run.path) / "images"), encoding="utf-8")
+    return path
+
+
+# ====================================================================== comparison
+def comparison_html(facts: list[dict], reports: list[Path], out: Path) -> str:
+    hp_keys = sorted({k for f in facts for k in f["hparams"]})
+    lr_keys = sorted({g for f in facts for g in f["lr"]})
+    term_pref = ["loss", "recon", "kl"]
+    term_keys = [k for k in term_pref if any(k in f["terms"] for f in facts)]
+    term_keys += sorted({k for f in facts for k in f["terms"]
+                         if k not in term_pref and not k.startswith("lr.") and k not in plots.NOT_TERMS
+                         and k != plots.SPEED})
+    val_keys = sorted({k for f in facts for k in f["val_terms"]})
+    score_keys = sorted({k for f in facts for k in f["scores"]})
+    cols = (["run", "model", "dataset", "latents"] + hp_keys + [f"lr.{g}" for g in lr_keys] + ["batch", "steps"]
+            + term_keys + val_keys + score_keys)
+    numeric = set(cols[3:]) - {"model", "dataset"}
+    head = "".join(f'<th{" class=n" if c in numeric else ""}>{esc(c)}</th>' for c in cols)
+    body = []
+    for f, rp in zip(facts, reports):
+        href = quote(Path(os.path.relpath(rp, out.parent)).as_posix())
+        cells = [f'<td data-v="{esc(f["name"])}"><a href="{href}">{esc(f["name"])}</a></td>',
+                 f"<td>{esc(f['objective'])}/{esc(f['net'])}</td>", f"<td>{esc(f['dataset'])}</td>",
+                 _num_td(f["latent_dim"])]
+        cells += [_num_td(f["hparams"].get(k)) for k in hp_keys]
+        cells += [_num_td(f["lr"].get(g)) for g in lr_keys]
+        cells += [_num_td(f["batch_size"]), _num_td(f["steps"])]
+        cells += [_num_td(f["terms"].get(k)) for k in term_keys]
+        cells += [_num_td(f["val_terms"].get(k)) for k in val_keys]
+        cells += [_num_td(f["scores"].get(k)) for k in score_keys]
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    table = (f'<div class=scroll><table class=sortable id=runs><thead><tr>{head}</tr></thead>'
+             f"<tbody>{''.join(body)}</tbody></table></div>")
+    intro = (f"<header><h1>Run comparison</h1><p class=sub>{len(facts)} runs under {esc(out.parent)} · "
+             f"written {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} · click a column header to sort, "
+             f"a run name for its report</p></header>")
+    note = ("<p class=note>Terms are the last logged training values (val.* the last validation); "
+            "scores come from each run's eval.json (<code>vaelab evaluate</code>).</p>")
+    return page("vaelab run comparison", intro + table + note, SORT_JS)
+
+
+def _num_td(v) -> str:
+    if v is None:
+        return '<td data-v=""></td>'
+    if _is_number(v):
+        return f'<td class=n data-v="{esc(repr(float(v)))}">{esc(num(v))}</td>'
+    return f"<td>{esc(v)}</td>"
+
+
+def write_comparison(runs, out=None, step: int | None = None, force: bool = False, quiet: bool = True) -> Path:
+    """Each run's report plus one comparison page (default: the runs' common parent/comparison.html)."""
+    paths = []
+    for r in runs:
+        p = Path(getattr(r, "path", r)).resolve()
+        if p not in paths:
+            paths.append(p)
+    reports = [write_report(p, step=step, force=force, quiet=quiet) for p in paths]
+    out = Path(out) if out else Path(os.path.commonpath([str(p.parent) for p in paths])) / "comparison.html"
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(comparison_html([run_facts(p) for p in paths], reports, out), encoding="utf-8")
+    return out
+
+
+def report(runs, out=None, step: int | None = None, force: bool = False, quiet: bool = True) -> Path:
+    """``vaelab report``: one run -> its report.html; several -> their reports and a comparison page."""
+    runs = list(runs) if isinstance(runs, (list, tuple)) else [runs]
+    if not runs:
+        raise VaelabError("report needs at least one run folder")
+    if len({Path(getattr(r, "path", r)).resolve() for r in runs}) == 1:
+        return write_report(runs[0], out=out, step=step, force=force, quiet=quiet)
+    return write_comparison(runs, out=out, step=step, force=force, quiet=quiet)

@@ -1,0 +1,32 @@
+"""Shared fixtures (keep this file small and generic)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def shared_data_dir() -> Path:
+    """The real test data: $VAELAB_TEST_DATA, else ../shared/data beside the project root."""
+    env = os.environ.get("VAELAB_TEST_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Folder of real data pieces (dsprites/, mnist/, celeba/); skips the test when absent."""
+    p = shared_data_dir()
+    if not p.is_dir():
+        pytest.skip(f"real test data not found at {p} (set VAELAB_TEST_DATA to the shared data folder)")
+    return p
+
+
+@pytest.fixture
+def data_home(tmp_path, monkeypatch) -> Path:
+    """A fresh, empty data directory ($VAELAB_DATA; caches go to its cache/), progress bars off."""
+    d = tmp_path / "vaelab-data"
+    d.mkdir()
+    monkeypatch.setenv("VAELAB_DATA", str(d))
+    monkeypatch.setenv("VAELAB_QUIET", "1")
+    return d

@@ -1,0 +1,57 @@
+"""`vaelab evaluate`: bad input ends with one line and exit 2; end to end on a 5-step quickstart run."""
+import json
+
+import pytest
+
+from vaelab.cli import build_parser, main
+
+
+def _commands():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return set(sub.choices)
+
+
+def test_evaluate_is_registered():
+    assert "evaluate" in _commands()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "no/such/run"], "not a folder"),
+    (["evaluate", ".", "--metrics", "mgi"], "unknown metric"),
+    (["evaluate", ".", "--root", "/tmp"], "--root needs --dataset"),
+    (["evaluate", ".", "--jobs", "0"], "--jobs"),
+])
+def test_evaluate_bad_input_one_line_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vaelab: error:") and message in err
+    assert len(err.splitlines()) == 1
+
+
+def test_evaluate_profile_choice_checked(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", ".", "--profile", "slow"])
+    assert e.value.code == 2
+
+
+def test_evaluate_end_to_end_quickstart(tmp_path, capsys):
+    if "train" not in _commands():
+        pytest.skip("the `train` command is not available yet (trainer not built)")
+    run = tmp_path / "run"
+    rc = main(["train", "quickstart", "--steps", "5", "--device", "cpu", "--out", str(run), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    capsys.readouterr()
+    rc = main(["evaluate", str(run), "--metrics", "mig,unsupervised,latent", "--profile", "fast", "--json",
+               "--jobs", "1"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    res = json.loads(out)
+    assert 0.0 <= res["mig.score"] <= 1.0
+    assert res["num_latents"] == 10 and res["profile"] == "fast"
+    assert res["skipped"] == {}
+    assert "latent.kl_per_latent" in res and len(res["latent.kl_per_latent"]) == 10
+    saved = json.loads((run / "eval.json").read_text())
+    assert saved["mig.score"] == res["mig.score"]
+    assert saved["run"] == str(run)
