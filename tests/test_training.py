@@ -177,4 +177,7 @@ def test_every_preset_starts_and_runs_a_few_steps(preset, tmp_path, shared_data,
         args += ["--set", o]
     assert main(args) == 0
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert rows and np.isfinite(rows[-1]["loss"])
+    train_rows = [r for r in rows if "loss" in r]
+    assert train_rows and np.isfinite(train_rows[-1]["loss"])
+    if resolve(preset).data.val_fraction > 0 and resolve(preset).train.val_every:
+        assert any("val.loss" in r for r in rows)

@@ -324,12 +324,16 @@ def _jsonable(v):
 
 
 class Results:
-    """Numbers, notes and figure names of one experiment, written as ``<name>.json``."""
+    """Numbers, notes and figure names of one experiment, written as ``<name>.json``. Opening one clears
+    the previous PNG / PDF / JSON files of that experiment's folder (a re-run replaces them)."""
 
     def __init__(self, run, name: str, params: dict):
         self.run = run
         self.name = name
         self.dir = experiment_dir(run, name)
+        for old in self.dir.iterdir():  # a re-run replaces the previous figures and numbers
+            if old.is_file() and old.suffix.lower() in (".png", ".pdf", ".json"):
+                old.unlink()
         self.started = time.perf_counter()
         self.data: dict = {
             "experiment": name,

@@ -196,7 +196,7 @@ def run_domain_alignment(run, *, domains=None, n_batches: int = 100, mixed_batch
         single_lab = np.concatenate([np.zeros(na, np.int64), np.ones(n_batches - na, np.int64)])
         mix, mix_frac = mixed(int(mixed_batches))
     else:  # reference: mixed batches only, each labelled by its first image's domain
-        single, mix_frac_ref = mixed(n_batches)
+        single, _ = mixed(n_batches)
         single_lab = dom[single[:, 0]]
         mix, mix_frac = np.zeros((0, bs), np.int64), np.zeros(0)
         res.note("mode 'reference': the map batches are mixed (each image's domain with p 1/2) and labelled by "

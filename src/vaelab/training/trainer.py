@@ -252,22 +252,18 @@ class Trainer:
         self.model.train()
         return {f"val.{k}": v / n_batches for k, v in sums.items()}
 
-    @torch.no_grad()
     def save_images(self):
-        from ..viz.grid import make_grid, save_png
+        """Reconstruction and traversal pictures to images/ and TensorBoard (RNG untouched)."""
+        from ..viz.grid import save_png
+        from ..viz.live import training_images
 
         idx = self.train_indices[:IMAGE_ROWS] if self.val_indices is None else self.val_indices[:IMAGE_ROWS]
         x_u8 = self.sampler.images[idx.to(self.sampler.images.device)]
-        self.model.eval()
-        x = x_u8.to(self.device).float() / 255.0
-        recon = self.model.reconstruct(x)  # decoded posterior means (UG-VAE: with the batch's beta)
-        self.model.train()
-        recon_u8 = (recon.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-        grid = make_grid(torch.cat([x_u8.cpu(), recon_u8]), nrow=len(x_u8))
         out = self.run_dir / "images"
         out.mkdir(exist_ok=True)
-        save_png(grid, out / f"reconstruction_step{self.step:08d}.png")
-        self.logger.image("reconstruction", self.step, grid)
+        for name, picture in training_images(self.model, x_u8, self.device).items():
+            save_png(picture, out / f"{name}_step{self.step:08d}.png")
+            self.logger.image(name, self.step, picture)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> "Path":

@@ -73,14 +73,20 @@ def wants_log(*arrays) -> bool:
     return len(vals) > 1 and bool((vals > 0).all()) and vals.max() / vals.min() >= 100.0
 
 
-def _figure(n_panels: int, ncols: int = 3, panel=(4.2, 2.8)):
+def _figure(n_panels: int, ncols: int = 3, panel=(4.2, 2.8), title: bool = False):
+    """A figure of ``n_panels`` axes on a grid, margins fixed in inches (constrained layout costs
+    more than the drawing itself)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     ncols = max(1, min(ncols, n_panels))
     nrows = math.ceil(n_panels / ncols)
-    fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), dpi=100, layout="constrained")
+    w, h = panel[0] * ncols, panel[1] * nrows + (0.4 if title else 0.0)
+    fig = Figure(figsize=(w, h), dpi=100)
     FigureCanvasAgg(fig)
+    top_in = 0.3 + (0.4 if title else 0.0)
+    fig.subplots_adjust(left=0.75 / w, right=1 - 0.2 / w, bottom=0.5 / h, top=1 - top_in / h,
+                        wspace=0.95 / (panel[0] - 0.95), hspace=0.8 / (panel[1] - 0.8))
     axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(n_panels)]
     return fig, axes
 
@@ -125,17 +131,19 @@ def plot_curves(rows: list[dict], path, title: str | None = None) -> Path | None
     panels = _panels(scalars)
     if not panels:
         return None
-    fig, axes = _figure(len(panels))
+    fig, axes = _figure(len(panels), title=bool(title))
     styles = {"train": dict(color="C0", lw=1.2), "val": dict(color="C3", lw=1.2, marker="o", ms=3),
               "capacity": dict(color="k", lw=1.0, ls="--"), "lr": dict(lw=1.2)}
     for ax, (name, lines) in zip(axes, panels):
         for key, style in lines:
             s, v = scalars[key]
             label = {"val": "validation", "capacity": "C (capacity)"}.get(style, key if style == "lr" else "train")
+            if style == "train" and any(st == "capacity" for _, st in lines):
+                label = "KL"
             ax.plot(s, v, label=label, **styles[style])
-        if wants_log(*(scalars[k][1] for k, _ in lines)):
-            ax.set_yscale("log")
         has_c = any(st == "capacity" for _, st in lines)
+        if not has_c and wants_log(*(scalars[k][1] for k, _ in lines)):  # C vs KL reads best on a linear axis
+            ax.set_yscale("log")
         ax.set_title(f"{name} and C (capacity)" if has_c else name, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=8)
@@ -143,7 +151,7 @@ def plot_curves(rows: list[dict], path, title: str | None = None) -> Path | None
         if len(lines) > 1:
             ax.legend(fontsize=7)
     if title:
-        fig.suptitle(title, fontsize=11)
+        fig.suptitle(title, fontsize=11, y=1 - 0.08 / fig.get_figheight(), va="top")
     return _save(fig, path)
 
 
