@@ -20,7 +20,7 @@ from vaelab.cli import main
 
 torch.set_num_threads(1)
 
-DSPRITES_ARGS = ["--steps", "20", "--device", "cpu", "--quiet", "--set", "data.name=dsprites",
+DSPRITES_ARGS = ["--steps", "20", "--checkpoint-every", "10", "--device", "cpu", "--quiet", "--set", "data.name=dsprites",
                  "--set", "train.batch_size=16", "--set", "train.log_every=5", "--set", "train.tensorboard=false"]
 
 
@@ -110,7 +110,17 @@ def test_traverse_cli_origins(viz_run, tmp_path):
 def test_sample_cli(viz_run, tmp_path):
     assert main(["sample", str(viz_run), "--n", "16", "--out", str(tmp_path)]) == 0
     (png,) = tmp_path.glob("sample_step*.png")
+    assert png.name == "sample_step00000020.png"
     assert _png(png).shape == (4 * 66 + 2, 4 * 66 + 2, 3)
+    assert main(["sample", str(viz_run), "--step", "10", "--n", "4", "--out", str(tmp_path)]) == 0  # older checkpoint
+    assert _png(tmp_path / "sample_step00000010.png").shape == (2 * 66 + 2, 2 * 66 + 2, 3)
+
+
+def test_api_exports():
+    import vaelab.viz as viz
+
+    for name in viz.__all__:
+        assert callable(getattr(viz, name)), name
 
 
 def test_plot_cli(viz_run, tmp_path):

@@ -24,7 +24,8 @@ def register(sub):
                                    "--prior-sample; default: one square, ellipse and heart on dSprites, else a "
                                    "random image.")
     _common(p)
-    p.add_argument("--image", type=int, nargs="+", default=[], metavar="I", help="dataset indices of origins")
+    p.add_argument("--image", type=int, nargs="+", action="extend", default=[], metavar="I",
+                   help="dataset indices of origins (repeatable)")
     p.add_argument("--random", action="store_true", help="a random image as origin")
     p.add_argument("--zero", action="store_true", help="the zero vector as origin")
     p.add_argument("--prior-sample", action="store_true", help="a draw from the prior as origin")

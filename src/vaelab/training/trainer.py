@@ -362,6 +362,8 @@ def train(preset_or_config="quickstart", *, overrides=None, resume: bool = False
             over[k if "." in k else f"train.{k}"] = v
     if run_dir is not None:
         over["train.out"] = str(run_dir)
+    if "train.steps" in over and "train.epochs" not in over:
+        over["train.epochs"] = 0.0  # an explicit length wins over a preset's epoch count
     cfg = resolve(preset_or_config, over)
     if cfg.train.folds:
         from .folds import run_folds

@@ -10,7 +10,8 @@ Every function takes a :class:`~vaelab.training.run.Run` (``vaelab.load_run(path
 * :func:`plot_curves`, :func:`plot_latent_kl`, :func:`kl_bar_chart` / :func:`write_plots` — curves from
   metrics.jsonl;
 * :func:`training_images` — the reconstruction and traversal pictures the trainer logs every m steps;
-* :func:`render_all`, :func:`write_report`, :func:`write_comparison`, :func:`report` — the HTML pages.
+* :func:`render_all`, :func:`write_report`, :func:`write_comparison` — the HTML pages
+  (``vaelab.viz.report.report(runs)`` is the ``vaelab report`` command).
 
 Grids come from :mod:`vaelab.viz.grid` (``make_grid``, ``save_png``). Submodules load lazily, so
 ``import vaelab.viz`` costs nothing until a picture is drawn.
@@ -26,7 +27,7 @@ _EXPORTS = {
     "sample_grid": "sample", "write_samples": "sample",
     "plot_curves": "plots", "plot_latent_kl": "plots", "kl_bar_chart": "plots", "write_plots": "plots",
     "training_images": "live",
-    "render_all": "report", "write_report": "report", "write_comparison": "report", "report": "report",
+    "render_all": "report", "write_report": "report", "write_comparison": "report",
 }
 
 __all__ = sorted(_EXPORTS)
