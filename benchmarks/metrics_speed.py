@@ -7,7 +7,7 @@
 The grid has dSprites' factor sizes (shape 3, scale 6, orientation 40, posX 32, posY 32 = 737,280
 images). It uses ``vaelab.data.load("dsprites-procedural")`` when that loader exists (``--data
 procedural``), otherwise renders a cheap synthetic grid: a rectangle whose size, position and grey level
-follow the factors, with a stripe that turns with orientation. The encoder is deterministic with 10
+follow the factors, filled with a stripe pattern that turns with orientation. The encoder is deterministic with 10
 latents: ``linear`` (a fixed random projection of the pixels plus a little nonlinearity) or ``conv``
 (dlib's conv_encoder layer shapes: 4 stride-2 4x4 convolutions 32-32-64-64, dense 256, 10 means).
 
@@ -29,30 +29,33 @@ NAMES = ("shape", "scale", "orientation", "posX", "posY")
 
 
 def synthetic_grid(image_size: int = 64):
+    """A rectangle whose side follows scale and whose centre follows posX / posY, filled with a stripe
+    pattern that turns with orientation, at a grey level set by shape (row-major, posY fastest)."""
     from vaelab.data import FactorDataset
 
     n = int(np.prod(SIZES))
     f = np.stack(np.unravel_index(np.arange(n), SIZES), axis=1).astype(np.int64)
+    r = torch.arange(image_size, dtype=torch.float32) - (image_size - 1) / 2
+    angle = torch.arange(SIZES[2], dtype=torch.float32) / SIZES[2] * np.pi
+    proj = r[None, :, None] * torch.cos(angle)[:, None, None] + r[None, None, :] * torch.sin(angle)[:, None, None]
+    stripe = torch.where((proj / (image_size / 8)).floor().remainder(2) == 0, 1.0, 0.6)        # 40 x H x W
+    level = torch.tensor([255.0, 195.0, 135.0])[:, None, None, None]                           # shape
+    patterns = (level * stripe[None]).to(torch.uint8)                                         # 3 x 40 x H x W
     images = torch.empty((n, 1, image_size, image_size), dtype=torch.uint8)
-    r = torch.arange(image_size, dtype=torch.float32)
-    chunk = 32768
+    pix = torch.arange(image_size, dtype=torch.float32)
+    ft = torch.from_numpy(f)
+    chunk = 65536
     for i in range(0, n, chunk):
-        ff = torch.from_numpy(f[i:i + chunk]).float()
-        half = image_size * (0.08 + 0.03 * ff[:, 1])                      # scale
-        cx = image_size * (0.2 + 0.6 * ff[:, 3] / 31)                      # posX
-        cy = image_size * (0.2 + 0.6 * ff[:, 4] / 31)                      # posY
-        inside_x = (r[None, :] - cx[:, None]).abs() <= half[:, None]
-        inside_y = (r[None, :] - cy[:, None]).abs() <= half[:, None]
-        box = inside_y[:, :, None] & inside_x[:, None, :]
-        angle = ff[:, 2] / 40 * np.pi                                       # orientation: a turning stripe
-        proj = (r[None, :, None] - cy[:, None, None]) * torch.cos(angle)[:, None, None] + \
-               (r[None, None, :] - cx[:, None, None]) * torch.sin(angle)[:, None, None]
-        stripe = proj.abs() <= half[:, None, None] * 0.3
-        level = 255 - 60 * ff[:, 0]                                         # shape -> grey level
-        img = torch.where(box, level[:, None, None], torch.zeros(())) * torch.where(stripe, 1.0, 0.6)
-        images[i:i + chunk, 0] = img.clamp(0, 255).to(torch.uint8)
-    return FactorDataset(images=images, factors=torch.from_numpy(f), factor_names=list(NAMES),
-                         factor_sizes=list(SIZES), is_grid=True, name="dsprites-shaped-synthetic")
+        ff = ft[i:i + chunk]
+        half = image_size * (0.08 + 0.03 * ff[:, 1].float())                                   # scale
+        cx = image_size * (0.2 + 0.6 * ff[:, 3].float() / 31)                                 # posX
+        cy = image_size * (0.2 + 0.6 * ff[:, 4].float() / 31)                                 # posY
+        rows = (pix[None, :] - cy[:, None]).abs() <= half[:, None]
+        cols = (pix[None, :] - cx[:, None]).abs() <= half[:, None]
+        box = rows[:, :, None] & cols[:, None, :]
+        images[i:i + chunk, 0] = torch.where(box, patterns[ff[:, 0], ff[:, 2]], torch.zeros((), dtype=torch.uint8))
+    return FactorDataset(images=images, factors=ft, factor_names=list(NAMES), factor_sizes=list(SIZES),
+                         is_grid=True, name="dsprites-shaped-synthetic")
 
 
 def load_grid(kind: str, image_size: int):

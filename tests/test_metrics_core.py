@@ -213,6 +213,20 @@ def test_dci_importance_matrices():
         disentanglement(np.ones((1, 3)))
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31), st.integers(2, 8), st.integers(2, 6))
+def test_dci_scores_match_scipy_entropy_formulation(seed, d, k):
+    import scipy.stats
+
+    rng = np.random.default_rng(seed)
+    r = rng.random((d, k)) * (rng.random((d, k)) > 0.3)
+    per_code = 1 - scipy.stats.entropy(r.T + 1e-11, base=k)
+    per_factor = 1 - scipy.stats.entropy(r + 1e-11, base=d)
+    w = np.ones_like(r) if r.sum() == 0 else r
+    assert disentanglement(r) == pytest.approx(np.sum(per_code * w.sum(1) / w.sum()), abs=1e-12)
+    assert completeness(r) == pytest.approx(np.sum(per_factor * w.sum(0) / w.sum()), abs=1e-12)
+
+
 def _small_factors(n, seed, k=3, values=4):
     return np.random.default_rng(seed).integers(0, values, size=(n, k))
 

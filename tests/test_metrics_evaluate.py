@@ -129,3 +129,14 @@ def test_metric_names_and_profiles():
     assert profile_settings("sap")["continuous"] is False
     assert profile_settings("irs")["diff_quantile"] == 0.99
     assert profile_settings("dci", "fast") == {"num_train": 1_000, "num_test": 500}
+
+
+def test_evaluate_background_dci_matches_in_process():
+    kw = dict(metrics="mig,dci,irs", profile="fast", options={"dci": {"num_train": 150, "num_test": 100}},
+              save=False)
+    a = evaluate(encoder(noise=0.5), grid(), n_jobs=1, **kw)
+    b = evaluate(encoder(noise=0.5), grid(), n_jobs=2, **kw)  # GBT fits in worker processes, overlapped
+    assert a["dci.importance"] == b["dci.importance"]
+    assert a["dci.disentanglement"] == b["dci.disentanglement"]
+    assert b["metrics"] == ["mig", "dci", "irs"]
+    assert b["seconds"]["dci"] > 0

@@ -90,32 +90,41 @@ def test_nan_stops_with_step_and_term(tmp_path, dsprites_npz, capsys):
         assert all(torch.isfinite(v.float()).all() for k, v in t.items() if k.startswith("model."))
 
 
-def _spawn_train(out, npz, steps):
+def _spawn_train(out, npz, steps, resume=False):
     cmd = [sys.executable, "-m", "vaelab", "train", "dlib-betavae-dsprites", "--steps", str(steps), "--out", str(out),
            "--checkpoint-every", "1", *small(npz, "--set", "model.net=burgess64", "--set", "train.keep_checkpoints=2",
                                              "--set", "train.tensorboard=false")]
+    if resume:
+        cmd.append("--resume")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _newest_step(out):
+    cks = checkpoint.list_checkpoints(out)
+    return int(cks[-1].name.split("-")[1]) if cks else -1
 
 
 def test_sigkill_never_leaves_an_unreadable_checkpoint(tmp_path, dsprites_npz):
     out = tmp_path / "killed"
     rng = np.random.default_rng(0)
-    for _ in range(3):
-        proc = _spawn_train(out, dsprites_npz, 100000)
-        time.sleep(float(rng.uniform(4.0, 6.0)))  # start-up takes a few seconds; then it saves every step
+    for attempt in range(3):  # kill it three times at random moments while it saves every step
+        before = _newest_step(out)
+        proc = _spawn_train(out, dsprites_npz, 100000, resume=attempt > 0)
+        deadline = time.time() + 120
+        while _newest_step(out) <= before and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[1].decode()[-800:]
+        time.sleep(float(rng.uniform(0.0, 1.0)))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         for ck in checkpoint.list_checkpoints(out):
             checkpoint.load(ck)  # raises if damaged
-        if checkpoint.list_checkpoints(out):
-            break
-    cks = checkpoint.list_checkpoints(out)
-    assert cks, "the run never saved a checkpoint before being killed"
-    last = int(cks[-1].name.split("-")[1])
+    last = _newest_step(out)
+    assert last > 0
     assert main(["train", "dlib-betavae-dsprites", "--steps", str(last + 3), "--out", str(out), "--resume",
                  *small(dsprites_npz, "--set", "model.net=burgess64")]) == 0
-    assert checkpoint.list_checkpoints(out)[-1].name == f"step-{last + 3:08d}"
+    assert _newest_step(out) == last + 3
 
 
 def test_ctrl_c_saves_a_checkpoint(tmp_path, dsprites_npz):

@@ -283,7 +283,7 @@ def test_report_scores_experiments_and_comparison(viz_run, viz_report, tmp_path)
     assert main(["report", str(first), str(other), "--quiet"]) == 0
     comp = (tmp_path / "runs" / "comparison.html").read_text()
     assert 'href="a/report.html"' in comp and 'href="b/report.html"' in comp
-    assert "mig.score" in comp and "sortable" in comp
+    assert "mig.score" in comp and "sortable" in comp and "All runs:" in comp
     rep = (other / "report.html").read_text()
     assert "Disentanglement scores" in rep and "0.123" in rep and "0.61" in rep
     assert "factor_vae.eval_accuracy" in comp and "dci.disentanglement" in comp

@@ -15,7 +15,7 @@ def register(sub):
                        description="Write a grid of data images, each row above its reconstructions.")
     _common(p)
     p.add_argument("--n", type=int, default=32, help="images to show (default 32)")
-    p.add_argument("--images", type=int, nargs="+", metavar="I", help="dataset indices to show instead")
+    p.add_argument("--images", type=int, nargs="+", action="extend", metavar="I", help="dataset indices to show instead")
     p.set_defaults(func=run_reconstruct)
 
     p = sub.add_parser("traverse", help="latent traversals (PNG grid, GIFs)",
@@ -32,7 +32,7 @@ def register(sub):
     p.add_argument("--range", type=float, nargs=2, default=[-3.0, 3.0], metavar=("LO", "HI"),
                    help="latent values (default -3 3)")
     p.add_argument("--steps", type=int, default=10, help="values per latent (default 10)")
-    p.add_argument("--dims", type=int, nargs="+", metavar="J", help="latents to show (default all)")
+    p.add_argument("--dims", type=int, nargs="+", action="extend", metavar="J", help="latents to show (default all)")
     p.add_argument("--gif", action="store_true", help="also one GIF per latent and one of all latents together")
     p.set_defaults(func=run_traverse)
 

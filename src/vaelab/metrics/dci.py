@@ -83,44 +83,55 @@ def _resolve_jobs(n_jobs, tasks: int) -> int:
     return max(1, min(n_jobs, tasks))
 
 
+class GbtFits:
+    """The per-factor GBT fits of DCI, started at construction.
+
+    With one job they run in this process when :meth:`result` is called; with more, they are submitted
+    at once to a pool of worker processes (joblib's loky executor, largest problems first: a multi-class
+    GBT grows one tree per class per stage), so the caller can do other work meanwhile. Each factor's
+    random_state is drawn from ``seed`` before any fit: the numbers do not depend on ``n_jobs``."""
+
+    def __init__(self, codes, factors, codes_test, factors_test, seed: int = 0, n_jobs: int | None = 1):
+        c, f, ct, ft = check_train_test(codes, factors, codes_test, factors_test)
+        require_varied_factors(f, "DCI")
+        rng = np.random.default_rng(seed)
+        self._seeds = [estimator_seed(rng) for _ in range(f.shape[1])]
+        self._data = (c, f, ct, ft)
+        self.jobs = _resolve_jobs(n_jobs, f.shape[1])
+        self._futures = None
+        if self.jobs > 1:
+            from joblib.externals.loky import get_reusable_executor
+
+            pool = get_reusable_executor(max_workers=self.jobs)
+            order = sorted(range(f.shape[1]), key=lambda k: -len(np.unique(f[:, k])))
+            self._futures = {k: pool.submit(_fit_one, c, f[:, k], ct, ft[:, k], self._seeds[k]) for k in order}
+
+    def result(self):
+        """``(R D x K, train accuracies K, test accuracies K)`` (waits for the workers)."""
+        c, f, ct, ft = self._data
+        k_count = f.shape[1]
+        if self._futures is None:
+            results = [_fit_one(c, f[:, k], ct, ft[:, k], self._seeds[k]) for k in range(k_count)]
+        else:
+            try:
+                results = [self._futures[k].result() for k in range(k_count)]
+            except BaseException:
+                self.cancel()
+                raise
+        r = np.stack([res[0] for res in results], axis=1)
+        return r, np.array([res[1] for res in results]), np.array([res[2] for res in results])
+
+    def cancel(self):
+        for fut in (self._futures or {}).values():
+            fut.cancel()
+
+
 def importance_gbt(codes, factors, codes_test, factors_test, seed: int = 0, n_jobs: int | None = 1):
     """``(R D x K, train accuracies K, test accuracies K)`` from one GBT per factor."""
-    c, f, ct, ft = check_train_test(codes, factors, codes_test, factors_test)
-    require_varied_factors(f, "DCI")
-    rng = np.random.default_rng(seed)
-    seeds = [estimator_seed(rng) for _ in range(f.shape[1])]
-    k_count = f.shape[1]
-    jobs = _resolve_jobs(n_jobs, k_count)
-    if jobs == 1:
-        results = [_fit_one(c, f[:, k], ct, ft[:, k], seeds[k]) for k in range(k_count)]
-    else:
-        from joblib import Parallel, delayed
-
-        # largest problems first (a multi-class GBT grows one tree per class per stage)
-        order = sorted(range(k_count), key=lambda k: -len(np.unique(f[:, k])))
-        out = Parallel(n_jobs=jobs)(delayed(_fit_one)(c, f[:, k], ct, ft[:, k], seeds[k]) for k in order)
-        results = [None] * k_count
-        for k, res in zip(order, out):
-            results[k] = res
-    r = np.stack([res[0] for res in results], axis=1)
-    acc_train = np.array([res[1] for res in results])
-    acc_test = np.array([res[2] for res in results])
-    return r, acc_train, acc_test
+    return GbtFits(codes, factors, codes_test, factors_test, seed, n_jobs).result()
 
 
-def dci_from_importance(importance) -> dict:
-    """Disentanglement and completeness of an importance matrix ``D x K``."""
-    return {"disentanglement": disentanglement(importance), "completeness": completeness(importance)}
-
-
-def dci_details(codes, factors, codes_test, factors_test, seed: int = 0, n_jobs: int | None = 1) -> dict:
-    """DCI with its parts: the four scores plus ``importance`` (D x K), ``disentanglement_per_code`` (D),
-    ``completeness_per_factor`` (K), ``code_weights`` (D), ``accuracy_train`` / ``accuracy_test`` (K)."""
-    c, f, ct, ft = check_train_test(codes, factors, codes_test, factors_test)
-    if c.shape[1] < 2 or f.shape[1] < 2:
-        raise VaelabError(f"DCI needs at least 2 code dimensions and 2 factors, got D = {c.shape[1]}, "
-                          f"K = {f.shape[1]} (entropies in base 1 are undefined)")
-    r, acc_train, acc_test = importance_gbt(c, f, ct, ft, seed, n_jobs)
+def _details_from(r, acc_train, acc_test) -> dict:
     weights = r.sum(axis=1) / r.sum() if r.sum() > 0 else np.full(r.shape[0], 1.0 / r.shape[0])
     return {
         "disentanglement": disentanglement(r),
@@ -136,6 +147,38 @@ def dci_details(codes, factors, codes_test, factors_test, seed: int = 0, n_jobs:
     }
 
 
+def _check_sizes(c, f):
+    if c.shape[1] < 2 or f.shape[1] < 2:
+        raise VaelabError(f"DCI needs at least 2 code dimensions and 2 factors, got D = {c.shape[1]}, "
+                          f"K = {f.shape[1]} (entropies in base 1 are undefined)")
+
+
+class DciJob:
+    """DCI whose GBT fits run in the background (see :class:`GbtFits`); :meth:`result` gives the details."""
+
+    def __init__(self, codes, factors, codes_test, factors_test, seed: int = 0, n_jobs: int | None = 1):
+        c, f, ct, ft = check_train_test(codes, factors, codes_test, factors_test)
+        _check_sizes(c, f)
+        self.fits = GbtFits(c, f, ct, ft, seed, n_jobs)
+
+    def result(self) -> dict:
+        return _details_from(*self.fits.result())
+
+    def cancel(self):
+        self.fits.cancel()
+
+
+def dci_from_importance(importance) -> dict:
+    """Disentanglement and completeness of an importance matrix ``D x K``."""
+    return {"disentanglement": disentanglement(importance), "completeness": completeness(importance)}
+
+
+def dci_details(codes, factors, codes_test, factors_test, seed: int = 0, n_jobs: int | None = 1) -> dict:
+    """DCI with its parts: the four scores plus ``importance`` (D x K), ``disentanglement_per_code`` (D),
+    ``completeness_per_factor`` (K), ``code_weights`` (D), ``accuracy_train`` / ``accuracy_test`` (K)."""
+    return DciJob(codes, factors, codes_test, factors_test, seed, n_jobs).result()
+
+
 def dci(codes, factors, codes_test, factors_test, seed: int = 0, n_jobs: int | None = 1) -> dict:
     """DCI scores: ``disentanglement``, ``completeness``, ``informativeness_train``, ``informativeness_test``.
 
@@ -145,13 +188,21 @@ def dci(codes, factors, codes_test, factors_test, seed: int = 0, n_jobs: int | N
     return {k: d[k] for k in ("disentanglement", "completeness", "informativeness_train", "informativeness_test")}
 
 
-def dci_score(encode, dataset, seed: int = 0, num_train: int = DEFAULTS["num_train"],
-              num_test: int = DEFAULTS["num_test"], n_jobs: int | None = None, *, sampler=None) -> dict:
-    """DCI on i.i.d. train / test draws from ``dataset`` (see :func:`dci_details`)."""
+def start_dci_score(encode, dataset, seed: int = 0, num_train: int = DEFAULTS["num_train"],
+                    num_test: int = DEFAULTS["num_test"], n_jobs: int | None = None, *, sampler=None) -> DciJob:
+    """Draw and encode DCI's points now, start the GBT fits (in worker processes when ``n_jobs`` > 1)
+    and return the job; ``job.result()`` is :func:`dci_score`'s answer."""
     from .sampling import get_sampler
 
     s = get_sampler(encode, dataset, sampler)
     rng = np.random.default_rng(seed)
     f, z = s.sample(num_train, rng, "DCI")
     ft, zt = s.sample(num_test, rng, "DCI")
-    return dci_details(z, f, zt, ft, seed=estimator_seed(rng), n_jobs=n_jobs)
+    return DciJob(z, f, zt, ft, seed=estimator_seed(rng), n_jobs=n_jobs)
+
+
+def dci_score(encode, dataset, seed: int = 0, num_train: int = DEFAULTS["num_train"],
+              num_test: int = DEFAULTS["num_test"], n_jobs: int | None = None, *, sampler=None) -> dict:
+    """DCI on i.i.d. train / test draws from ``dataset`` (see :func:`dci_details`); ``n_jobs`` None uses
+    every available core for the per-factor fits (same numbers)."""
+    return start_dci_score(encode, dataset, seed, num_train, num_test, n_jobs, sampler=sampler).result()

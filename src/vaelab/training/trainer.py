@@ -79,17 +79,10 @@ class Trainer:
         self.device = pick_device(cfg.train.device)
         tc = cfg.train
 
-        # ---- resume: the saved config wins; only the length may be extended
+        # ---- resume: `cfg` is the run's saved config plus the caller's explicit overrides (see train())
         ck_state = None
         if resume:
-            ck = checkpoint.find(self.run_dir)
-            ck_tensors, ck_state = checkpoint.load(ck)
-            saved = Config.from_dict(ck_state["config"]).validate()
-            saved.train.steps = max(cfg.train.steps, saved.train.steps) if cfg.train.steps else saved.train.steps
-            saved.train.epochs = 0.0
-            saved.train.device = cfg.train.device
-            self.cfg = cfg = saved
-            tc = cfg.train
+            ck_tensors, ck_state = checkpoint.load(checkpoint.find(self.run_dir))
         elif checkpoint.list_checkpoints(self.run_dir):
             raise VaelabError(f"{self.run_dir} already holds a run with checkpoints; pass --resume to continue "
                               f"it, or choose another --out")
@@ -364,6 +357,15 @@ def train(preset_or_config="quickstart", *, overrides=None, resume: bool = False
         over["train.out"] = str(run_dir)
     if "train.steps" in over and "train.epochs" not in over:
         over["train.epochs"] = 0.0  # an explicit length wins over a preset's epoch count
+    if resume:  # continue from the run's own config; only explicit overrides change it
+        from ..config import read_toml
+
+        base_dir = Path(run_dir) if run_dir is not None else default_run_dir(resolve(preset_or_config))
+        if not (base_dir / "config.toml").is_file():
+            raise VaelabError(f"nothing to resume in {base_dir}: no config.toml (start the run without --resume)")
+        preset_or_config = read_toml(base_dir / "config.toml")
+        over["train.out"] = str(base_dir)
+        over.pop("train.epochs", None)
     cfg = resolve(preset_or_config, over)
     if cfg.train.folds:
         from .folds import run_folds

@@ -93,7 +93,10 @@ def fmt(v: float) -> str:
 def out_dir(run, out=None) -> Path:
     """Where pictures go: ``out`` or ``RUN/images`` (created)."""
     d = Path(out) if out else Path(run.path) / "images"
-    d.mkdir(parents=True, exist_ok=True)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VaelabError(f"cannot write pictures into {d}: {e.strerror or e}; choose another folder with --out") from None
     return d
 
 
@@ -115,18 +118,18 @@ def check_index(i: int, n: int, what: str = "image"):
 def save_png(array: np.ndarray, path) -> Path:
     from .grid import save_png as _save
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _save(np.ascontiguousarray(array), path)
-    return path
+    return _save(np.ascontiguousarray(array), Path(path))
 
 
 def save_gif(frames, path, duration_ms: int = 120) -> Path:
     """An animated GIF that loops forever (Pillow's GIF writer)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ims = [Image.fromarray(as_rgb(f)) for f in frames]
-    ims[0].save(path, save_all=True, append_images=ims[1:], duration=duration_ms, loop=0)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ims[0].save(path, save_all=True, append_images=ims[1:], duration=duration_ms, loop=0)
+    except OSError as e:
+        raise VaelabError(f"cannot write {path}: {e.strerror or e}") from None
     return path
 
 

@@ -9,6 +9,7 @@ from .common import to_uint8
 from .recon import pairs_grid
 
 LIVE_STEPS = 10  # traversal values, -3..3 as the command's default
+LIVE_ROWS = 16  # at most this many latents (the highest-KL ones) in the live traversal
 
 
 @torch.no_grad()
@@ -17,7 +18,7 @@ def training_images(model, images_uint8, device) -> dict[str, np.ndarray]:
 
     * reconstruction: the images (one row) over their reconstructions from the posterior mean;
     * traversal: the first image's posterior mean, one row per latent (sorted by the batch's per-latent
-      KL, written beside each row), values -3..3.
+      KL, written beside each row; the 16 highest-KL latents of larger models), values -3..3.
 
     No randomness is used (the global torch RNG is untouched); the model is put in eval mode and back."""
     was_training = model.training
@@ -42,8 +43,10 @@ def training_images(model, images_uint8, device) -> dict[str, np.ndarray]:
             return to_uint8(model.mean_image(o))
 
         origin = tv.Origin("live", "image 0", mu[0].float().cpu().numpy())
+        kl = kl.double().cpu().numpy()
+        dims = sorted(range(len(kl)), key=lambda j: (-kl[j], j))[:LIVE_ROWS]
         t = tv.build_traversal(decode, int(model.latent_dim), origin, tv.traversal_values(steps=LIVE_STEPS),
-                               None, kl.double().cpu().numpy())
+                               dims, kl)
         pictures["traversal"] = t.image
         return pictures
     finally:

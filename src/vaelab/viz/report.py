@@ -54,7 +54,7 @@ def render_all(run, out=None, force: bool = False, seed: int = 0, quiet: bool = 
         t0 = time.perf_counter()
         manifest = _render(run, d, tag, seed)
         manifest["render_seconds"] = round(time.perf_counter() - t0, 3)
-        mpath.write_text(json.dumps(manifest, indent=1))
+        _write_page(mpath, json.dumps(manifest, indent=1))
         if not quiet:
             print(f"rendered the pictures of {run.path} at step {run.step} in {manifest['render_seconds']:.1f} s")
     metrics = Path(run.path) / "metrics.jsonl"
@@ -220,6 +220,7 @@ CSS = """
 body { margin:0; font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
        color:var(--fg); background:var(--bg); }
 main { max-width:1200px; margin:0 auto; padding:18px 22px 60px; }
+main.wide { max-width:1800px; }
 header h1 { margin:0 0 4px; font-size:24px; }
 .sub { color:var(--muted); margin:0 0 10px; }
 nav { position:sticky; top:0; background:rgba(255,255,255,.95); border-bottom:1px solid var(--line);
@@ -234,6 +235,7 @@ th, td { border-bottom:1px solid var(--line); padding:4px 10px; text-align:left;
 th { background:var(--soft); font-weight:600; }
 td.n, th.n { text-align:right; font-variant-numeric:tabular-nums; }
 table.sortable th { cursor:pointer; user-select:none; white-space:nowrap; }
+table.runs td { white-space:nowrap; }
 table.sortable th.asc::after { content:" \\25B2"; font-size:10px; }
 table.sortable th.desc::after { content:" \\25BC"; font-size:10px; }
 .scroll { overflow-x:auto; max-width:100%; }
@@ -287,8 +289,6 @@ def num(v, digits: int = 4) -> str:
         return str(v)
     if not math.isfinite(v):
         return str(v)
-    if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
-        return f"{v:.{digits - 1}e}"
     return f"{v:.{digits}g}"
 
 
@@ -318,13 +318,14 @@ def kv_table(items, numeric: bool = True) -> str:
     return f"<table>{rows}</table>"
 
 
-def page(title: str, body: str, script: str = "") -> str:
+def page(title: str, body: str, script: str = "", wide: bool = False) -> str:
     js = f"<script>{script}</script>" if script else ""
+    main = "<main class=wide>" if wide else "<main>"
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<meta name="generator" content="vaelab"><title>{esc(title)}</title>'
             f'<link rel="icon" href="data:,">'
-            f"<style>{CSS}</style></head><body><main>{body}</main>{js}</body></html>\n")
+            f"<style>{CSS}</style></head><body>{main}{body}</main>{js}</body></html>\n")
 
 
 # ====================================================================== one run
@@ -453,7 +454,8 @@ def run_report_html(run, manifest: dict, images_dir: Path) -> str:
     sections = []
     head = (f"<header><h1>{esc(run_dir.name)}</h1><p class=sub>{esc(facts['objective'])} · {esc(facts['net'])} · "
             f"{esc(facts['dataset'])} · {facts['latent_dim']} latents · checkpoint step {step:,}"
-            f" · report written {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}</p></header>")
+            f" · report written {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}</p>"
+            f"<p class=note>run folder {esc(run_dir.resolve())}</p></header>")
     sc = _scores_section(run_dir)
     ex = _experiments_section(run_dir)
     links = [("config", "Config")] + ([("scores", "Scores")] if sc else []) + [
@@ -498,15 +500,15 @@ def run_report_html(run, manifest: dict, images_dir: Path) -> str:
         tp = d / tr["png"]
         parts.append(f"<figure>{img(tp, 'traversal ' + tr['name'], scale=_fit(tp, 900), pixel=True)}</figure></div>")
         gifs = tr.get("gifs") or {}
-        if gifs:
-            figs = []
-            if "all" in gifs:
-                ap = d / gifs["all"]
-                figs.append(f"<figure>{img(ap, 'all latents', scale=_fit(ap, 1100), pixel=True)}"
-                            f"<figcaption>all latents together</figcaption></figure>")
-            figs += [f"<figure>{img(d / v, k, scale=_fit(d / v, 96), pixel=True)}<figcaption>{esc(k)} · KL "
-                     f"{num(manifest['kl'][int(k[1:])], 2)}</figcaption></figure>" for k, v in gifs.items() if k != "all"]
-            parts.append(f"<div class=gifs>{''.join(figs)}</div>")
+        if "all" in gifs:
+            ap = d / gifs["all"]
+            parts.append(f"<figure>{img(ap, 'all latents', scale=_fit(ap, 1100), pixel=True)}"
+                         f"<figcaption>all latents together</figcaption></figure>")
+        per = [(k, v) for k, v in gifs.items() if k != "all"]
+        if per:
+            figs = "".join(f"<figure>{img(d / v, k, scale=_fit(d / v, 96, most=4), pixel=True)}<figcaption>{esc(k)}"
+                           f" · KL {num(manifest['kl'][int(k[1:])], 2)}</figcaption></figure>" for k, v in per)
+            parts.append(f"<div class=gifs>{figs}</div>")
     sections.append("".join(parts))
 
     sp = d / manifest["samples"]
@@ -537,47 +539,68 @@ def write_report(run, out=None, step: int | None = None, force: bool = False, qu
     run = common.open_run(run, step=step)
     manifest = render_all(run, force=force, quiet=quiet)
     path = Path(out) if out else Path(run.path) / "report.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(run_report_html(run, manifest, Path(run.path) / "images"), encoding="utf-8")
-    return path
+    return _write_page(path, run_report_html(run, manifest, Path(run.path) / "images"))
+
+
+def _write_page(path: Path, text: str) -> Path:
+    from ..data.prepare import atomic_write_bytes
+
+    try:
+        atomic_write_bytes(Path(path), text.encode("utf-8"))
+    except OSError as e:
+        raise VaelabError(f"cannot write {path}: {e.strerror or e}") from None
+    return Path(path)
 
 
 # ====================================================================== comparison
 def comparison_html(facts: list[dict], reports: list[Path], out: Path) -> str:
-    hp_keys = sorted({k for f in facts for k in f["hparams"]})
-    lr_keys = sorted({g for f in facts for g in f["lr"]})
+    """The comparison page: one sortable row per run. Settings every run shares are listed once
+    above the table instead of as columns."""
     term_pref = ["loss", "recon", "kl"]
     term_keys = [k for k in term_pref if any(k in f["terms"] for f in facts)]
     term_keys += sorted({k for f in facts for k in f["terms"]
                          if k not in term_pref and not k.startswith("lr.") and k not in plots.NOT_TERMS
                          and k != plots.SPEED})
-    val_keys = sorted({k for f in facts for k in f["val_terms"]})
-    score_keys = sorted({k for f in facts for k in f["scores"]})
-    cols = (["run", "model", "dataset", "latents"] + hp_keys + [f"lr.{g}" for g in lr_keys] + ["batch", "steps"]
-            + term_keys + val_keys + score_keys)
-    numeric = set(cols[3:]) - {"model", "dataset"}
-    head = "".join(f'<th{" class=n" if c in numeric else ""}>{esc(c)}</th>' for c in cols)
+    # (header, value getter, is a setting)
+    cols = [("model", lambda f: f"{f['objective']}/{f['net']}", True), ("dataset", lambda f: f["dataset"], True),
+            ("latents", lambda f: f["latent_dim"], True)]
+    cols += [(k, (lambda k: lambda f: f["hparams"].get(k))(k), True)
+             for k in sorted({k for f in facts for k in f["hparams"]})]
+    cols += [(f"lr.{g}", (lambda g: lambda f: f["lr"].get(g))(g), True)
+             for g in sorted({g for f in facts for g in f["lr"]})]
+    cols += [("batch", lambda f: f["batch_size"], True), ("steps", lambda f: f["steps"], False)]
+    cols += [(k, (lambda k: lambda f: f["terms"].get(k))(k), False) for k in term_keys]
+    cols += [(k, (lambda k: lambda f: f["val_terms"].get(k))(k), False)
+             for k in sorted({k for f in facts for k in f["val_terms"]})]
+    cols += [(k, (lambda k: lambda f: f["scores"].get(k))(k), False)
+             for k in sorted({k for f in facts for k in f["scores"]})]
+    shared = []
+    if len(facts) > 1:
+        keep = []
+        for c in cols:
+            vals = [c[1](f) for f in facts]
+            if c[2] and all(v == vals[0] for v in vals):
+                shared.append((c[0], vals[0]))
+            else:
+                keep.append(c)
+        cols = keep
+    head = "<th>run</th>" + "".join(f"<th>{esc(c[0])}</th>" for c in cols)
     body = []
     for f, rp in zip(facts, reports):
         href = quote(Path(os.path.relpath(rp, out.parent)).as_posix())
-        cells = [f'<td data-v="{esc(f["name"])}"><a href="{href}">{esc(f["name"])}</a></td>',
-                 f"<td>{esc(f['objective'])}/{esc(f['net'])}</td>", f"<td>{esc(f['dataset'])}</td>",
-                 _num_td(f["latent_dim"])]
-        cells += [_num_td(f["hparams"].get(k)) for k in hp_keys]
-        cells += [_num_td(f["lr"].get(g)) for g in lr_keys]
-        cells += [_num_td(f["batch_size"]), _num_td(f["steps"])]
-        cells += [_num_td(f["terms"].get(k)) for k in term_keys]
-        cells += [_num_td(f["val_terms"].get(k)) for k in val_keys]
-        cells += [_num_td(f["scores"].get(k)) for k in score_keys]
+        cells = [f'<td data-v="{esc(f["name"])}"><a href="{href}">{esc(f["name"])}</a></td>']
+        cells += [_num_td(c[1](f)) for c in cols]
         body.append("<tr>" + "".join(cells) + "</tr>")
-    table = (f'<div class=scroll><table class=sortable id=runs><thead><tr>{head}</tr></thead>'
+    table = (f'<div class=scroll><table class="sortable runs" id=runs><thead><tr>{head}</tr></thead>'
              f"<tbody>{''.join(body)}</tbody></table></div>")
     intro = (f"<header><h1>Run comparison</h1><p class=sub>{len(facts)} runs under {esc(out.parent)} · "
              f"written {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} · click a column header to sort, "
              f"a run name for its report</p></header>")
+    common_line = ("<p><b>All runs:</b> " + ", ".join(f"{esc(k)} {esc(num(v) if _is_number(v) else v)}"
+                                                      for k, v in shared if v is not None) + "</p>") if shared else ""
     note = ("<p class=note>Terms are the last logged training values (val.* the last validation); "
-            "scores come from each run's eval.json (<code>vaelab evaluate</code>).</p>")
-    return page("vaelab run comparison", intro + table + note, SORT_JS)
+            "scores come from each run's eval.json (<code>vaelab evaluate</code>), one per metric.</p>")
+    return page("vaelab run comparison", intro + common_line + table + note, SORT_JS, wide=True)
 
 
 def _num_td(v) -> str:
@@ -598,16 +621,22 @@ def write_comparison(runs, out=None, step: int | None = None, force: bool = Fals
     reports = [write_report(p, step=step, force=force, quiet=quiet) for p in paths]
     out = Path(out) if out else Path(os.path.commonpath([str(p.parent) for p in paths])) / "comparison.html"
     out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(comparison_html([run_facts(p) for p in paths], reports, out), encoding="utf-8")
-    return out
+    return _write_page(out, comparison_html([run_facts(p) for p in paths], reports, out))
 
 
 def report(runs, out=None, step: int | None = None, force: bool = False, quiet: bool = True) -> Path:
     """``vaelab report``: one run -> its report.html; several -> their reports and a comparison page."""
+    from ..training.run import is_run_dir
+
     runs = list(runs) if isinstance(runs, (list, tuple)) else [runs]
     if not runs:
         raise VaelabError("report needs at least one run folder")
+    for r in runs:  # every folder is checked before any work starts
+        p = Path(getattr(r, "path", r))
+        if not p.is_dir():
+            raise VaelabError(f"{p} is not a folder: expected a run folder made by `vaelab train`")
+        if not is_run_dir(p):
+            raise VaelabError(f"{p} is not a run folder (no config.toml); train one with `vaelab train`")
     if len({Path(getattr(r, "path", r)).resolve() for r in runs}) == 1:
         return write_report(runs[0], out=out, step=step, force=force, quiet=quiet)
     return write_comparison(runs, out=out, step=step, force=force, quiet=quiet)

@@ -1,0 +1,54 @@
+"""`vaelab sweep`: many runs of one preset (hyperparameter grid × seeds) in one process."""
+from __future__ import annotations
+
+
+def register(sub):
+    p = sub.add_parser(
+        "sweep", help="train a grid of hyperparameters x seeds at once (one vmapped step)",
+        description="Train M runs of one preset: the product of every --grid and --seeds, one run folder "
+                    "each (DIR/<name>-<k>/, opened by load_run like any run) and DIR/sweep.json. "
+                    "--mode vmap (default) trains all models in one vmapped step; runs that differ in "
+                    "structure (net, latent size, ...) fall back to --mode sequential, saying so.")
+    p.add_argument("preset", metavar="PRESET|FILE.toml")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="values of one config key, e.g. --grid model.beta=1,2,4 (repeatable: product)")
+    p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the preset's seed)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value for every run (repeatable)")
+    p.add_argument("--steps", type=int, help="training iterations")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out", metavar="DIR", help="sweep folder (default: runs/<preset name>-sweep)")
+    p.add_argument("--mode", choices=("vmap", "sequential"), default="vmap")
+    p.add_argument("--resume", action="store_true", help="continue the sweep's runs from their checkpoints")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    p.set_defaults(func=run_sweep)
+
+
+def _seeds(text):
+    from ..errors import VaelabError
+
+    if not text:
+        return None
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise VaelabError(f"--seeds must be comma-separated integers, e.g. 0,1,2; got {text!r}") from None
+
+
+def run_sweep(args):
+    import json
+
+    from ..training.logger import read_metrics
+    from ..training.sweep import sweep
+
+    result = sweep(args.preset, args.grid, _seeds(args.seeds), overrides=args.overrides, steps=args.steps,
+                   out=args.out, device=args.device, mode=args.mode, quiet=args.quiet, resume=args.resume)
+    if not args.quiet:
+        manifest = json.loads((result.out / "sweep.json").read_text())
+        print(f"sweep of {len(result)} runs ({result.mode}) in {result.out}")
+        for run in manifest["runs"]:
+            rows = [r for r in read_metrics(run["path"]) if "loss" in r]
+            loss = f"{rows[-1]['loss']:.6g}" if rows else "-"
+            values = " ".join(f"{k}={v}" for k, v in run["values"].items())
+            print(f"  {run['name']:<24} {values:<40} loss {loss}")
+    return 0

@@ -1,0 +1,163 @@
+"""Sweeps (training/sweep.py, `vaelab sweep`): M models in one vmapped step equal M models trained alone."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vaelab
+from vaelab.cli import main
+from vaelab.config import resolve
+from vaelab.data import FactorDataset
+from vaelab.errors import VaelabError
+from vaelab.training import checkpoint
+from vaelab.training.sweep import StackedAdam, expand, parse_grid, sweep, vmap_problem
+from vaelab.training.trainer import Trainer
+
+STEPS = 4
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    rng = np.random.default_rng(0)
+    return FactorDataset.from_arrays((rng.random((48, 1, 64, 64)) < 0.2).astype(np.uint8) * 255)
+
+
+def base(objective, **train):
+    optim = {"vae": {"lr": 1e-3}}
+    if objective == "factorvae":
+        optim["disc"] = {"lr": 1e-4, "betas": [0.5, 0.9]}
+    return {"name": "t", "model": {"objective": objective, "net": "burgess64"}, "optim": optim,
+            "train": {"steps": STEPS, "batch_size": 8, "log_every": 1, "checkpoint_every": 0, "image_every": 0,
+                      "tensorboard": False, "device": "cpu", **train}}
+
+
+def _final(run_dir):
+    return load_file(str(checkpoint.list_checkpoints(run_dir)[-1] / "tensors.safetensors"))
+
+
+def _losses(run_dir):
+    return [json.loads(line)["loss"] for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("objective,grid,seeds", [
+    ("betavae", {"model.beta": [1.0, 4.0]}, [0, 1]),       # M = 4: two values x two seeds
+    ("factorvae", {"model.gamma": [2.0, 20.0, 40.0]}, [3]),  # M = 3, two optimisers per iteration
+])
+def test_vmapped_sweep_equals_runs_trained_alone(tmp_path, dataset, objective, grid, seeds):
+    res = sweep(base(objective), grid, seeds, out=tmp_path / "sw", quiet=True, dataset=dataset)
+    assert res.mode == "vmap" and res.note is None and len(res) == len(seeds) * len(next(iter(grid.values())))
+    manifest = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    for run in manifest["runs"]:
+        solo = tmp_path / f"solo-{run['name']}"
+        cfg = resolve(base(objective), {**run["values"], "train.out": str(solo)})
+        Trainer(cfg, quiet=True, dataset=dataset).fit()
+        np.testing.assert_allclose(_losses(run["path"]), _losses(solo), rtol=1e-5)
+        a, b = _final(Path(run["path"])), _final(solo)
+        assert a.keys() == b.keys()
+        for k in a:
+            if k.startswith("model."):
+                # Adam's first steps are ~sign(grad)·lr: an element whose gradient is float noise may flip
+                # sign between two summation orders, so the bound is 2·lr·steps; nearly all agree closely
+                d = (a[k] - b[k]).abs()
+                assert float(d.max()) <= 2 * 1e-3 * STEPS, k
+                assert float(d.median()) < 1e-5, k
+            elif not a[k].is_floating_point():  # sampler position and RNG: resumable alone
+                assert torch.equal(a[k], b[k]), k
+        # each run folder opens as any run: its own config, a model that encodes
+        r = vaelab.load_run(run["path"])
+        for key, value in run["values"].items():
+            section, name = key.split(".")
+            assert (r.config[section][name] if section == "model" else r.cfg.train.seed) == value
+        codes = r.encode(dataset.images[:3])
+        assert codes.shape == (3, 10) and np.isfinite(codes).all()
+
+
+def test_a_sweep_run_resumes_alone_as_if_trained_alone(tmp_path, dataset):
+    sweep(base("annealedvae", checkpoint_every=2), {"model.c_max": [5.0, 25.0]}, [0], out=tmp_path / "sw",
+          quiet=True, dataset=dataset, steps=2)
+    run = tmp_path / "sw" / "t-1"
+    Trainer(resolve(base("annealedvae"), {"model.c_max": 25.0, "train.out": str(run)}), resume=True, quiet=True,
+            dataset=dataset).fit()
+    solo = tmp_path / "solo"
+    Trainer(resolve(base("annealedvae"), {"model.c_max": 25.0, "train.out": str(solo)}), quiet=True,
+            dataset=dataset).fit()
+    np.testing.assert_allclose(_losses(run)[-2:], _losses(solo)[-2:], rtol=1e-5)
+
+
+def test_sequential_mode_and_automatic_fallback(tmp_path, dataset, capsys):
+    res = sweep(base("factorvae", steps=2), {"model.gamma": [1.0, 10.0]}, None, out=tmp_path / "seq",
+                mode="sequential", quiet=True, dataset=dataset)
+    assert res.mode == "sequential" and len(res) == 2
+    for p in res:
+        assert vaelab.load_run(p).step == 2
+    # a structural difference (the net) cannot share a vmapped step: sequential, with one line
+    res = sweep(base("betavae", steps=1), {"model.latent_dim": [4, 6]}, None, out=tmp_path / "auto",
+                quiet=True, dataset=dataset)
+    assert res.mode == "sequential" and "model.latent_dim differs" in res.note
+    assert [vaelab.load_run(p).latent_dim for p in res] == [4, 6]
+
+
+def test_stacked_adam_is_m_independent_adams():
+    torch.manual_seed(0)
+    m, shape = 3, (4, 5)
+    p0 = torch.randn(m, *shape)
+    lrs, wds = [1e-2, 1e-3, 1e-2], [0.0, 0.1, 0.0]
+    refs = [torch.nn.Parameter(p0[k].clone()) for k in range(m)]
+    opts = [torch.optim.Adam([refs[k]], lr=lrs[k], betas=(0.9, 0.99), weight_decay=wds[k]) for k in range(m)]
+    flat = p0.reshape(m, -1).clone()
+    adam = StackedAdam(flat)
+    for _ in range(5):
+        g = torch.randn(m, *shape)
+        for k in range(m):
+            refs[k].grad = g[k].clone()
+            opts[k].step()
+        adam.step(g.reshape(m, -1), lrs, [0.9] * m, [0.99] * m, [1e-8] * m, wds)
+    for k in range(m):
+        torch.testing.assert_close(flat[k].reshape(shape), refs[k].detach(), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(adam.exp_avg_sq[k].reshape(shape), opts[k].state[refs[k]]["exp_avg_sq"])
+
+
+def test_grid_parsing_expansion_and_vmap_checks(tmp_path):
+    assert parse_grid(["model.beta=1,2.5,4", "train.batch_size=8"]) == {"model.beta": [1, 2.5, 4],
+                                                                         "train.batch_size": [8]}
+    with pytest.raises(VaelabError, match="expected key=v1"):
+        parse_grid(["model.beta"])
+    cfgs, labels, out = expand(base("betavae"), {"model.beta": [1, 4]}, [0, 1, 2], out=tmp_path / "x")
+    assert len(cfgs) == 6 and out == tmp_path / "x"
+    assert labels[4] == {"model.beta": 4, "train.seed": 1}
+    assert cfgs[4].model["beta"] == 4.0 and cfgs[4].train.seed == 1 and cfgs[4].train.out.endswith("t-4")
+    assert vmap_problem(cfgs) is None
+    cfgs, _, _ = expand(base("betavae"), {"train.batch_size": [8, 16]}, None)
+    assert "train.batch_size differs" in vmap_problem(cfgs)
+    cfgs, _, _ = expand(base("ugvae") | {"model": {"objective": "ugvae"}}, None, [0, 1])
+    assert "ugvae" in vmap_problem(cfgs)
+    with pytest.raises(VaelabError, match="--seeds"):
+        expand(base("betavae"), {"train.seed": [1, 2]}, None)
+
+
+def test_cli_sweep(tmp_path, shared_data, capsys):
+    npz = shared_data / "dsprites" / "dsprites_downsampled.npz"
+    if not npz.exists():
+        pytest.skip("real dSprites subset missing")
+    out = tmp_path / "cli"
+    rc = main(["sweep", "quickstart", "--grid", "model.gamma=1,10", "--seeds", "0", "--steps", "2",
+               "--set", "data.name=dsprites", "--set", f"data.root={npz}", "--set", "train.batch_size=8",
+               "--set", "model.net=burgess64", "--set", "train.tensorboard=false", "--device", "cpu",
+               "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "sweep of 2 runs (vmap)" in text and "model.gamma=10" in text
+    assert sorted(p.name for p in out.iterdir()) == ["quickstart-0", "quickstart-1", "sweep.json"]
+    assert vaelab.load_run(out / "quickstart-1").config["model"]["gamma"] == 10.0
+    assert main(["sweep", "quickstart", "--seeds", "a,b", "--out", str(tmp_path / "bad")]) == 2
