@@ -121,7 +121,10 @@ def test_device_sampler_walks_epochs_resumes_and_speaks_the_host_format():
     idx = torch.arange(3, 40)  # 37 training images, batch 4 x 2 -> 4 steps per epoch, 5 dropped
     s = DeviceSampler(images, idx, 4, n_batches=2, seed=5)
     assert s.steps_per_epoch == 4
-    seen = [s.buf[int(s.offset):int(s.offset) + 8].clone() for _ in range(4) if s.advance() is None]
+    seen = []
+    for _ in range(4):
+        s.advance()
+        seen.append(s.buf[int(s.offset):int(s.offset) + 8].clone())
     allseen = torch.cat(seen)
     assert s.epoch == 1 and len(set(allseen.tolist())) == 32 and set(allseen.tolist()) <= set(idx.tolist())
     x = s.gather()

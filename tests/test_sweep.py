@@ -93,6 +93,14 @@ def test_a_sweep_run_resumes_alone_as_if_trained_alone(tmp_path, dataset):
     Trainer(resolve(base("annealedvae"), {"model.c_max": 25.0, "train.out": str(solo)}), quiet=True,
             dataset=dataset).fit()
     np.testing.assert_allclose(_losses(run)[-2:], _losses(solo)[-2:], rtol=1e-5)
+    # and the whole sweep resumes in one vmapped step
+    sweep(base("annealedvae", checkpoint_every=2), {"model.c_max": [5.0, 25.0]}, [0], out=tmp_path / "sw2",
+          quiet=True, dataset=dataset, steps=2)
+    res = sweep(base("annealedvae"), {"model.c_max": [5.0, 25.0]}, [0], out=tmp_path / "sw2", quiet=True,
+                dataset=dataset, steps=STEPS, resume=True)
+    assert res.mode == "vmap"
+    np.testing.assert_allclose(_losses(res[1])[-2:], _losses(solo)[-2:], rtol=1e-5)
+    assert vaelab.load_run(res[0]).step == STEPS
 
 
 def test_sequential_mode_and_automatic_fallback(tmp_path, dataset, capsys):

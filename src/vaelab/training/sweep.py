@@ -42,6 +42,7 @@ from torch import nn
 
 from ..config import Config, parse_override, resolve
 from ..errors import VaelabError
+from .trainer import _sigterm_as_interrupt
 
 __all__ = ["TENSOR_KEYS", "MODES", "expand", "vmap_problem", "StackedAdam", "VmapSweep", "sweep",
            "parse_grid"]
@@ -255,9 +256,9 @@ class VmapSweep:
         groups0 = tr0.model.param_groups()
         pname = {id(p): n for n, p in tr0.model.named_parameters()}
         self.groups = {g: [pname[id(p)] for p in ps] for g, ps in groups0.items()}
-        self.opt_hp = {}
         self.adams: dict[str, StackedAdam] = {}
-        self.stacked: dict[str, torch.Tensor] = {}
+        self.stacked: dict[str, dict[str, torch.Tensor]] = {}
+        self.shapes: dict[str, tuple] = {}
         for g, names in self.groups.items():
             self._stack_group(g, names)
         bnames = [n for n, _ in tr0.model.named_buffers()]
@@ -316,7 +317,6 @@ class VmapSweep:
             a += size
         self.adams[g] = adam
         self.stacked[g] = views
-        self.shapes = getattr(self, "shapes", {})
         self.shapes[g] = (names, shapes, sizes)
 
     def _adam_step(self, g: str, grads: dict):
@@ -472,39 +472,9 @@ class VmapSweep:
         bar = tqdm(total=tc.steps, initial=self.step, disable=self.quiet, unit="it", dynamic_ncols=True,
                    desc=f"sweep of {self.M}")
         t_last, s_last = time.perf_counter(), self.step
-        terms = None
         try:
-            while self.step < tc.steps:
-                for tr in trainers:
-                    tr.step = self.step
-                    tr._set_lrs()
-                step_t.fill_(self.step)
-                terms = self.step_all(step_t)
-                self._track(terms, step_t)
-                self.step += 1
-                bar.update(1)
-                done = self.step == tc.steps
-                if self.step % tc.log_every == 0 or done:
-                    now = time.perf_counter()
-                    rate = (self.step - s_last) / max(now - t_last, 1e-9)
-                    for tr in trainers:
-                        tr.elapsed += now - t_last
-                    self._for_each("log", lambda k, tr: tr._log({n: v[k] for n, v in terms.items()}, rate))
-                    t_last, s_last = time.perf_counter(), self.step
-                    bar.set_postfix(loss=f"{float(terms['loss'].mean()):.4g}", refresh=False)
-                if tc.val_every and (self.step % tc.val_every == 0 or done):
-                    def val(k, tr):
-                        if tr.val_indices is not None:
-                            v = tr.validate()
-                            tr.logger.log(self.step, v)
-                            tr._plateau_update(v.get("val.loss", math.inf))
-                    self._for_each("validate", val)
-                if (tc.image_every and self.step % tc.image_every == 0) or done:
-                    self._for_each("images", lambda k, tr: tr.save_images())
-                if (tc.checkpoint_every and self.step % tc.checkpoint_every == 0) or done:
-                    self._save_all()
-            if terms is None:
-                self._save_all()
+            with _sigterm_as_interrupt():
+                self._loop(tc, trainers, step_t, bar, t_last, s_last)
         except KeyboardInterrupt:
             bar.close()
             if self.step > 0:
@@ -518,6 +488,41 @@ class VmapSweep:
                 if getattr(tr, "logger", None) is not None:
                     tr.logger.close()
         return [tr.run_dir for tr in trainers]
+
+    def _loop(self, tc, trainers, step_t, bar, t_last, s_last):
+        terms = None
+        while self.step < tc.steps:
+            for tr in trainers:
+                tr.step = self.step
+                tr._set_lrs()
+            step_t.fill_(self.step)
+            terms = self.step_all(step_t)
+            self._track(terms, step_t)
+            self.step += 1
+            bar.update(1)
+            done = self.step == tc.steps
+            if self.step % tc.log_every == 0 or done:
+                now = time.perf_counter()
+                rate = (self.step - s_last) / max(now - t_last, 1e-9)
+                for tr in trainers:
+                    tr.elapsed += now - t_last
+                self._for_each("log", lambda k, tr: tr._log({n: v[k] for n, v in terms.items()}, rate))
+                t_last, s_last = time.perf_counter(), self.step
+                bar.set_postfix(loss=f"{float(terms['loss'].mean()):.4g}", refresh=False)
+            if tc.val_every and (self.step % tc.val_every == 0 or done):
+                self._for_each("validate", self._validate)
+            if (tc.image_every and self.step % tc.image_every == 0) or done:
+                self._for_each("images", lambda k, tr: tr.save_images())
+            if (tc.checkpoint_every and self.step % tc.checkpoint_every == 0) or done:
+                self._save_all()
+        if terms is None:  # nothing left to do (resumed a finished sweep)
+            self._save_all()
+
+    def _validate(self, k, tr):
+        if tr.val_indices is not None:
+            v = tr.validate()
+            tr.logger.log(self.step, v)
+            tr._plateau_update(v.get("val.loss", math.inf))
 
     def _save_all(self):
         def save(k, tr):
@@ -576,9 +581,23 @@ def sweep(preset_or_config, grid=None, seeds=None, *, overrides=None, steps: int
             over[".".join(k) if isinstance(k, list) else k] = v
     if steps is not None:
         over["train.steps"] = steps
+    if "train.steps" in over and "train.epochs" not in over:
+        over["train.epochs"] = 0.0  # an explicit length wins over a preset's epoch count (as `train`)
     if device is not None:
         over["train.device"] = device
     cfgs, labels, out_dir = expand(preset_or_config, grid, seeds, over, out)
+    if resume:  # each run continues from its own saved config; only explicit overrides change it
+        from ..config import read_toml
+
+        resumed = []
+        for cfg in cfgs:
+            saved = Path(cfg.train.out) / "config.toml"
+            if not saved.is_file():
+                raise VaelabError(f"nothing to resume in {saved.parent}: no config.toml (start the sweep "
+                                  f"without --resume)")
+            extra = {**over, "train.out": cfg.train.out}
+            resumed.append(resolve(read_toml(saved), extra))
+        cfgs = resumed
     if any(c.train.folds for c in cfgs):
         raise VaelabError("a sweep does not run k-fold configs (train.folds); run them with `vaelab train`")
     result = SweepResult()
