@@ -111,6 +111,8 @@ class TrainConfig:
     folds: int = 0  # k-fold cross-validation: K models, each validated on the fold it never saw
     out: str = ""  # the run folder; "" = runs/<name>
     tensorboard: bool = True
+    fast: str = "auto"  # off | compile | cuda-graph | auto (the best that works; always off on the CPU)
+    bf16: bool = False  # bf16 autocast around the forward pass
 
     def validate(self):
         for key in ("batch_size", "log_every", "keep_checkpoints", "val_batches"):
@@ -119,6 +121,8 @@ class TrainConfig:
         for key in ("steps", "checkpoint_every", "image_every", "val_every"):
             if getattr(self, key) < 0:
                 raise VaelabError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if self.fast not in ("off", "compile", "cuda-graph", "auto"):
+            raise VaelabError(f"train.fast must be off, compile, cuda-graph or auto, got {self.fast!r}")
         if self.folds == 1 or self.folds < 0:
             raise VaelabError(f"train.folds must be 0 (off) or >= 2, got {self.folds}")
 

@@ -15,6 +15,9 @@ def register(sub):
     p.add_argument("--resume", action="store_true", help="continue the run in the run folder")
     p.add_argument("--checkpoint-every", type=int, metavar="N")
     p.add_argument("--folds", type=int, metavar="K", help="k-fold cross-validation: K models")
+    p.add_argument("--fast", choices=["off", "compile", "cuda-graph", "auto"],
+                   help="fast path: the whole step compiled or captured in one CUDA graph (default auto; off on CPU)")
+    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast around the forward pass")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     p.set_defaults(func=run_train)
 
@@ -26,7 +29,8 @@ def run_train(args):
     from ..training import train
 
     kwargs = {"steps": args.steps, "seed": args.seed, "device": args.device,
-              "checkpoint_every": args.checkpoint_every, "folds": args.folds}
+              "checkpoint_every": args.checkpoint_every, "folds": args.folds, "fast": args.fast,
+              "bf16": args.bf16}
     result = train(args.preset, overrides=args.overrides, resume=args.resume, quiet=args.quiet,
                    run_dir=args.out, **kwargs)
     if not args.quiet and not isinstance(result, dict):

@@ -138,6 +138,7 @@ class Trainer:
         self._bad_steps = None  # per-term first non-finite step, on the device
         self._term_names: list[str] = []
         self.last_checkpoint: Path | None = None
+        self.step_fn = None
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> tuple[dict, dict]:
@@ -264,8 +265,14 @@ class Trainer:
 
         cfg, tc = self.cfg, self.cfg.train
         self.logger = RunLogger(self.run_dir, tensorboard=tc.tensorboard)
-        step_t = torch.zeros((), dtype=torch.int64, device=self.device)
-        n_batches = self.model.batches_per_step
+        if self.step_fn is None:  # built after _restore: a captured graph holds the optimiser state's tensors
+            from .fast import make_step
+
+            self.step_fn = make_step(self.model, self.optimizers, self.sampler, tc.fast, self.device, bf16=tc.bf16)
+            self.sampler = self.step_fn.sampler  # cuda-graph: the on-device sampler (same checkpoint format)
+            if self.step_fn.note and not self.quiet:
+                print(self.step_fn.note)
+        step_t = self.step_fn.step_t
         bar = tqdm(total=tc.steps, initial=self.step, disable=self.quiet, unit="it", dynamic_ncols=True,
                    desc=self.run_dir.name)
         t_last, s_last = time.perf_counter(), self.step
@@ -276,8 +283,7 @@ class Trainer:
                 while self.step < tc.steps:
                     self._set_lrs()
                     step_t.fill_(self.step)
-                    x = self.sampler.next(n_batches)
-                    terms = self.model.update(x, step_t, self.optimizers)
+                    terms = self.step_fn(step_t)  # one whole iteration (eager, compiled or a graph replay)
                     self._track_finite(terms, step_t)
                     last_terms = terms
                     self.step += 1
