@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import paths
 from ..errors import VaelabError
 from .base import FactorDataset
 from .prepare import (build_entry, cache_entry, file_stat, load_array, open_entry, progress, read_manifest)
-from .registry import DatasetSpec, missing_data, register
+from .registry import DatasetSpec, find_data_file, register
 
 OFFICIAL_FILE = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
 DEFAULT_PATH = f"dsprites/{OFFICIAL_FILE}"
@@ -51,25 +50,8 @@ def locate(data_dir: Path) -> Path | None:
 
 def resolve(root: Path | None) -> Path:
     """The npz to read: ``root`` itself, the official name inside it, or its only .npz."""
-    if root is None:
-        p = paths.data_dir() / DEFAULT_PATH
-        if not p.is_file():
-            raise missing_data("dsprites", p)
-        return p
-    root = Path(root)
-    if root.is_file():
-        return root
-    if root.is_dir():
-        for cand in (root / OFFICIAL_FILE, root / DEFAULT_PATH, root / "dsprites-dataset" / OFFICIAL_FILE):
-            if cand.is_file():
-                return cand
-        npz = sorted(root.glob("*.npz"))
-        if len(npz) == 1:
-            return npz[0]
-        if len(npz) > 1:
-            raise VaelabError(f"dsprites: {root} holds several .npz files ({', '.join(p.name for p in npz)}); "
-                              f"pass the one to use as --root")
-    raise missing_data("dsprites", root if not root.is_dir() else root / OFFICIAL_FILE)
+    return find_data_file("dsprites", root, DEFAULT_PATH,
+                          (OFFICIAL_FILE, DEFAULT_PATH, Path("dsprites-dataset") / OFFICIAL_FILE), ("*.npz",))
 
 
 def _read_member(z: zipfile.ZipFile, name: str, path: Path) -> np.ndarray:

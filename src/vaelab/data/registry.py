@@ -86,6 +86,34 @@ def _import_sources():
                 raise
 
 
+def find_data_file(name: str, root: Path | None, default: Path, candidates=(), patterns=()) -> Path:
+    """The one file a single-file dataset reads: ``root`` itself, a known name inside the folder
+    ``root`` (``candidates``, relative), else the folder's only file matching ``patterns``;
+    ``root=None`` means ``default`` in the data directory. Absent -> :func:`missing_data`."""
+    from .. import paths
+
+    if root is None:
+        p = paths.data_dir() / default
+        if not p.is_file():
+            raise missing_data(name, p)
+        return p
+    root = Path(root)
+    if root.is_file():
+        return root
+    if root.is_dir():
+        for cand in candidates:
+            if (root / cand).is_file():
+                return root / cand
+        found = [f for pat in patterns for f in sorted(root.glob(pat))]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise VaelabError(f"{name}: {root} holds several candidate files "
+                              f"({', '.join(f.name for f in found)}); pass the one to use as --root")
+        raise missing_data(name, root / candidates[0] if candidates else root)
+    raise missing_data(name, root)
+
+
 def missing_data(name: str, looked: Path | str, how: str | None = None) -> VaelabError:
     """The one-line error for absent data: what was looked for, where, and how to get it."""
     if how is None:

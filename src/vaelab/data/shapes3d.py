@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import paths
 from ..errors import VaelabError
 from .base import FactorDataset
 from .prepare import build_entry, cache_entry, file_stat, load_array, open_entry, progress, read_manifest
-from .registry import DatasetSpec, missing_data, register
+from .registry import DatasetSpec, find_data_file, register
 
 OFFICIAL_FILE = "3dshapes.h5"
 DEFAULT_PATH = f"shapes3d/{OFFICIAL_FILE}"
@@ -58,22 +57,8 @@ def locate(data_dir: Path) -> Path | None:
 
 
 def resolve(root: Path | None) -> Path:
-    if root is None:
-        p = paths.data_dir() / DEFAULT_PATH
-        if not p.is_file():
-            raise missing_data("shapes3d", p)
-        return p
-    root = Path(root)
-    if root.is_file():
-        return root
-    if root.is_dir():
-        for cand in (root / OFFICIAL_FILE, root / DEFAULT_PATH):
-            if cand.is_file():
-                return cand
-        h5 = sorted(root.glob("*.h5")) + sorted(root.glob("*.hdf5"))
-        if len(h5) == 1:
-            return h5[0]
-    raise missing_data("shapes3d", root / OFFICIAL_FILE if root.is_dir() else root)
+    """The h5 to read: ``root`` itself, the official name inside it, or its only .h5 / .hdf5."""
+    return find_data_file("shapes3d", root, DEFAULT_PATH, (OFFICIAL_FILE, DEFAULT_PATH), ("*.h5", "*.hdf5"))
 
 
 def labels_to_classes(labels: np.ndarray, path: Path | str = "labels"):

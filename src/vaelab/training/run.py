@@ -95,7 +95,7 @@ def is_run_dir(path) -> bool:
 def load_run(path, step: int | None = None, device: str = "cpu") -> Run:
     """Open a run folder; ``step`` picks an older checkpoint (default: the newest)."""
     from ..models import build_model
-    from .trainer import load_dataset, pick_device  # noqa: F401  (load_dataset used by callers)
+    from .trainer import pick_device
 
     path = Path(path)
     if not path.is_dir():

@@ -263,7 +263,7 @@ class Trainer:
     def fit(self) -> "Path":
         from tqdm.auto import tqdm
 
-        cfg, tc = self.cfg, self.cfg.train
+        tc = self.cfg.train
         self.logger = RunLogger(self.run_dir, tensorboard=tc.tensorboard)
         if self.step_fn is None:  # built after _restore: a captured graph holds the optimiser state's tensors
             from .fast import make_step
