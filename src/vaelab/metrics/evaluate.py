@@ -425,7 +425,7 @@ def evaluate(run_or_encode, dataset=None, metrics="all", seed: int = 0, profile:
                 t0, c0 = time.perf_counter(), time.process_time()
                 job = attempt("dci", lambda: _start_dci(sampler, seed, kw, ctx))
                 if job is not None:
-                    background["dci"] = (job, kw, t0, c0)
+                    background["dci"] = (job, kw, t0, time.process_time() - c0)
                     parallel["dci"] = job.fits.jobs
         for name in names:
             if name in skipped or name in background:
@@ -436,7 +436,8 @@ def evaluate(run_or_encode, dataset=None, metrics="all", seed: int = 0, profile:
             if out is not None:
                 settings[name] = kw
                 record(name, *out, t0, c0)
-        for name, (job, kw, t0, c0) in list(background.items()):
+        for name, (job, kw, t0, c_start) in list(background.items()):
+            c0 = time.process_time() - c_start  # this process's CPU: starting + collecting only
             out = attempt(name, lambda: _dci_values(job.result(), sampler))
             background.pop(name)
             if out is not None:
