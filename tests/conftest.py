@@ -30,3 +30,14 @@ def data_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("VAELAB_DATA", str(d))
     monkeypatch.setenv("VAELAB_QUIET", "1")
     return d
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one intra-op thread for the test (bitwise comparisons and fair timings), then restored."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -67,6 +67,31 @@ def test_mutual_info_matches_sklearn(seed, na, nb, n):
     assert discrete_entropy(a)[0] == pytest.approx(sk_mi(a, a), abs=1e-12)
 
 
+def test_mutual_info_many_labels_sparse_like_sklearn():
+    """Undiscretised codes (N distinct labels each): same value as scikit-learn, without an N x N table."""
+    import tracemalloc
+
+    from sklearn.metrics import mutual_info_score as sk_labels
+
+    def sk_mi(x, y):  # scikit-learn on the same partition, as integer labels (it warns on floats)
+        return sk_labels(np.unique(x, return_inverse=True)[1], np.unique(y, return_inverse=True)[1])
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=5000)
+    b = np.round(a + rng.normal(size=5000), 2)
+    tracemalloc.start()
+    try:
+        value = mutual_info(a, b)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert value == pytest.approx(sk_mi(a, b), abs=1e-12)
+    assert peak < 20e6  # a dense 5000 x ~1000 int64 contingency table alone would take 40 MB
+    z = np.stack([a, b, rng.normal(size=5000)], 1)
+    expected = (2 * sk_mi(a, b) + 2 * sk_mi(a, z[:, 2]) + 2 * sk_mi(b, z[:, 2])) / 6
+    assert mutual_info_score(z, num_bins=None) == pytest.approx(expected, abs=1e-12)
+
+
 def test_entropy_and_mi_known_values():
     v = np.array([0, 0, 1, 1])
     assert discrete_entropy(v)[0] == pytest.approx(math.log(2))

@@ -20,11 +20,8 @@ STEPS = 4
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test here runs on one thread (see conftest.one_thread)."""
 
 
 @pytest.fixture(scope="module")

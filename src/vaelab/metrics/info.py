@@ -4,7 +4,9 @@
 * the histogram discretiser (dlib ``utils._histogram_discretize``): per code dimension, ``num_bins``
   equal-width bins over the sample's [min, max], labels 1..num_bins as ``np.digitize`` against
   ``np.histogram`` bin edges[:-1] (so the maximum lands in the last bin and a constant row gets one label);
-* plug-in discrete mutual information and entropy in nats (equal to scikit-learn ``mutual_info_score``);
+* plug-in discrete mutual information and entropy in nats (equal to scikit-learn ``mutual_info_score``;
+  the contingency table is dense when small, only its occupied cells when the labels are many, e.g. codes
+  left undiscretised, so memory stays O(N) like scikit-learn's sparse table);
 * seeds for estimators and a counter for scikit-learn ConvergenceWarnings.
 """
 from __future__ import annotations
@@ -111,6 +113,9 @@ def discretize(codes, num_bins: int = 20) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- information
+_DENSE_CELLS = 1 << 20  # contingency tables up to this many cells (or 8 N) are built dense
+
+
 def _dense_labels(x: np.ndarray) -> tuple[np.ndarray, int]:
     uniq, inv = np.unique(x, return_inverse=True)
     return inv.reshape(-1).astype(np.int64), len(uniq)
@@ -120,11 +125,19 @@ def _mi_dense(a: np.ndarray, na: int, b: np.ndarray, nb: int) -> float:
     if na <= 1 or nb <= 1:  # a single label has zero entropy: MI exactly 0 (as scikit-learn)
         return 0.0
     n = a.shape[0]
-    joint = np.bincount(a * nb + b, minlength=na * nb).reshape(na, nb)
-    nx = joint.sum(axis=1)
-    ny = joint.sum(axis=0)
-    ix, iy = np.nonzero(joint)
-    nxy = joint[ix, iy].astype(np.float64)
+    cells = a * nb + b
+    if na * nb <= max(_DENSE_CELLS, 8 * n):
+        joint = np.bincount(cells, minlength=na * nb).reshape(na, nb)
+        nx = joint.sum(axis=1)
+        ny = joint.sum(axis=0)
+        ix, iy = np.nonzero(joint)
+        nxy = joint[ix, iy].astype(np.float64)
+    else:  # many labels (e.g. undiscretised codes): only the occupied cells, as scikit-learn's sparse table
+        keys, counts = np.unique(cells, return_counts=True)  # sorted = the dense path's row-major order
+        ix, iy = keys // nb, keys % nb
+        nx = np.bincount(a, minlength=na)
+        ny = np.bincount(b, minlength=nb)
+        nxy = counts.astype(np.float64)
     # sum_xy p(x,y) ln[ p(x,y) / (p(x) p(y)) ] = sum n_xy/n * (ln n_xy - ln n + ln n + ln n - ln n_x n_y)
     outer = nx[ix].astype(np.float64) * ny[iy].astype(np.float64)
     terms = nxy / n * (np.log(nxy) - np.log(n)) + nxy / n * (2 * np.log(n) - np.log(outer))
