@@ -3,6 +3,7 @@
     python benchmarks/metrics_speed.py                    # linear encoder, 64x64 synthetic grid
     python benchmarks/metrics_speed.py --encoder conv     # dlib's conv encoder shape (random weights)
     python benchmarks/metrics_speed.py --profile fast --image-size 32
+    python benchmarks/metrics_speed.py --run runs/quickstart  # a trained run: its encoder and its dataset
 
 The grid has dSprites' factor sizes (shape 3, scale 6, orientation 40, posX 32, posY 32 = 737,280
 images). It uses ``vaelab.data.load("dsprites-procedural")`` when that loader exists (``--data
@@ -109,6 +110,7 @@ def make_encoder(kind: str, image_shape, latents: int = 10):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", help="a run folder: time the suite on its model (Run.encode) and its dataset")
     ap.add_argument("--encoder", choices=("linear", "conv"), default="linear")
     ap.add_argument("--data", choices=("auto", "synthetic", "procedural"), default="synthetic")
     ap.add_argument("--image-size", type=int, default=64)
@@ -128,16 +130,24 @@ def main(argv=None):
     except AttributeError:
         cores = os.cpu_count()
     t0 = time.perf_counter()
-    ds = load_grid(args.data, args.image_size)
+    run = None
+    if args.run:
+        from vaelab.training import load_run
+
+        run = load_run(args.run)
+        ds = run.dataset()
+        encode, args.encoder = run.encode, f"{run.config['model']['net']} from {args.run}"
+    else:
+        ds = load_grid(args.data, args.image_size)
+        encode = make_encoder(args.encoder, ds.image_shape)
     t_data = time.perf_counter() - t0
-    encode = make_encoder(args.encoder, ds.image_shape)
     probe = ds.images[:4096]
     t1 = time.perf_counter()
     encode(probe)
     rate = len(probe) / (time.perf_counter() - t1)
     print(f"dataset {ds.name}: {len(ds):,} images {ds.image_shape}, built in {t_data:.1f} s; "
           f"encoder {args.encoder}: {rate:,.0f} images/s; {cores} CPU cores, torch threads {torch.get_num_threads()}")
-    res = evaluate(encode, ds, metrics=args.metrics, seed=args.seed, profile=args.profile,
+    res = evaluate(run if args.run else encode, None if args.run else ds, metrics=args.metrics, seed=args.seed, profile=args.profile,
                    n_jobs=args.jobs, progress=True, save=False)
     print(format_table(res))
     cpu = res["cpu_seconds"]

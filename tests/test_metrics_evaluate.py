@@ -125,10 +125,10 @@ def test_metric_names_and_profiles():
     assert profile_settings("beta_vae") == {"batch_size": 64, "num_train": 10_000, "num_eval": 5_000}
     assert profile_settings("factor_vae") == {"batch_size": 64, "num_train": 10_000, "num_eval": 5_000,
                                               "num_variance_estimate": 10_000, "threshold": 0.05}
-    assert profile_settings("dci") == {"num_train": 10_000, "num_test": 5_000}
+    assert profile_settings("dci") == {"num_train": 10_000, "num_test": 5_000, "trees": "vectorised"}
     assert profile_settings("sap")["continuous"] is False
     assert profile_settings("irs")["diff_quantile"] == 0.99
-    assert profile_settings("dci", "fast") == {"num_train": 1_000, "num_test": 500}
+    assert profile_settings("dci", "fast") == {"num_train": 1_000, "num_test": 500, "trees": "vectorised"}
 
 
 def test_evaluate_background_dci_matches_in_process():

@@ -51,6 +51,11 @@ def test_cli_train_writes_a_complete_run_folder(tmp_path, dsprites_npz):
     ds = run.dataset()
     codes = run.encode(ds.images[:5])
     assert codes.shape == (5, 10) and np.isfinite(codes).all()
+    with torch.no_grad():  # encode's channels-last copy computes the model's own function
+        direct = run.model.representation(ds.images[:5].float() / 255).numpy()
+    np.testing.assert_allclose(codes, direct, rtol=1e-4, atol=1e-5)
+    mu, logvar = run.encode_params(ds.images[:5])
+    np.testing.assert_allclose(mu, codes, rtol=1e-6, atol=1e-6)
     assert run.decode(np.zeros((2, 10))).shape == (2, 1, 64, 64)
 
 

@@ -7,6 +7,11 @@ Disentanglement: P_dk = (R_dk + 1e-11) / sum_k'(R_dk' + 1e-11), D_d = 1 - H_K(P_
 rho_d = sum_k R_dk / sum R (all-zero R -> ones), score sum_d rho_d D_d. Completeness likewise per factor
 with log base D. The per-factor fits are independent: ``n_jobs`` runs them in parallel processes with
 identical results (each factor's random_state is drawn before any fit).
+
+``trees="vectorised"`` (default) grows the same trees with :class:`vaelab.metrics.gbt.BoostedTrees`,
+several times faster; ``trees="sklearn"`` calls scikit-learn itself. The two differ only where two splits
+score the same and each breaks the tie its own way (scikit-learn: its feature order and rounding);
+on a dSprites model the scores differ by less than the spread of scikit-learn over its random_state.
 """
 from __future__ import annotations
 
@@ -61,12 +66,22 @@ def completeness(importance) -> float:
     return float(np.sum(per_factor * r.sum(axis=0) / r.sum()))
 
 
-def _fit_one(x, y, xt, yt, seed):
-    from sklearn.ensemble import GradientBoostingClassifier
+TREES = ("vectorised", "sklearn")
 
-    model = GradientBoostingClassifier(random_state=seed)  # dlib: ensemble.GradientBoostingClassifier()
-    model.fit(x, y)
-    return (np.abs(model.feature_importances_), float(np.mean(model.predict(x) == y)),
+
+def _fit_one(x, y, xt, yt, seed, trees="vectorised"):
+    if trees == "sklearn":
+        from sklearn.ensemble import GradientBoostingClassifier
+
+        model = GradientBoostingClassifier(random_state=seed)  # dlib: ensemble.GradientBoostingClassifier()
+        model.fit(x, y)
+        pred_train = model.predict(x)
+    else:  # the same model, grown a stage at a time (gbt.py)
+        from .gbt import BoostedTrees
+
+        model = BoostedTrees(random_state=seed).fit(x, y)
+        pred_train = model.predict_train()
+    return (np.abs(model.feature_importances_), float(np.mean(pred_train == y)),
             float(np.mean(model.predict(xt) == yt)))
 
 
@@ -91,9 +106,13 @@ class GbtFits:
     GBT grows one tree per class per stage), so the caller can do other work meanwhile. Each factor's
     random_state is drawn from ``seed`` before any fit: the numbers do not depend on ``n_jobs``."""
 
-    def __init__(self, codes, factors, codes_test, factors_test, seed: int = 0, n_jobs: int | None = 1):
+    def __init__(self, codes, factors, codes_test, factors_test, seed: int = 0, n_jobs: int | None = 1,
+                 trees: str = "vectorised"):
+        if trees not in TREES:
+            raise VaelabError(f"unknown DCI trees {trees!r}; choose {' or '.join(TREES)}")
         c, f, ct, ft = check_train_test(codes, factors, codes_test, factors_test)
         require_varied_factors(f, "DCI")
+        self.trees = trees
         rng = np.random.default_rng(seed)
         self._seeds = [estimator_seed(rng) for _ in range(f.shape[1])]
         self._data = (c, f, ct, ft)
@@ -104,14 +123,14 @@ class GbtFits:
 
             pool = get_reusable_executor(max_workers=self.jobs)
             order = sorted(range(f.shape[1]), key=lambda k: -len(np.unique(f[:, k])))
-            self._futures = {k: pool.submit(_fit_one, c, f[:, k], ct, ft[:, k], self._seeds[k]) for k in order}
+            self._futures = {k: pool.submit(_fit_one, c, f[:, k], ct, ft[:, k], self._seeds[k], trees) for k in order}
 
     def result(self):
         """``(R D x K, train accuracies K, test accuracies K)`` (waits for the workers)."""
         c, f, ct, ft = self._data
         k_count = f.shape[1]
         if self._futures is None:
-            results = [_fit_one(c, f[:, k], ct, ft[:, k], self._seeds[k]) for k in range(k_count)]
+            results = [_fit_one(c, f[:, k], ct, ft[:, k], self._seeds[k], self.trees) for k in range(k_count)]
         else:
             try:
                 results = [self._futures[k].result() for k in range(k_count)]
@@ -126,9 +145,10 @@ class GbtFits:
             fut.cancel()
 
 
-def importance_gbt(codes, factors, codes_test, factors_test, seed: int = 0, n_jobs: int | None = 1):
+def importance_gbt(codes, factors, codes_test, factors_test, seed: int = 0, n_jobs: int | None = 1,
+                   trees: str = "vectorised"):
     """``(R D x K, train accuracies K, test accuracies K)`` from one GBT per factor."""
-    return GbtFits(codes, factors, codes_test, factors_test, seed, n_jobs).result()
+    return GbtFits(codes, factors, codes_test, factors_test, seed, n_jobs, trees).result()
 
 
 def _details_from(r, acc_train, acc_test) -> dict:
@@ -156,10 +176,11 @@ def _check_sizes(c, f):
 class DciJob:
     """DCI whose GBT fits run in the background (see :class:`GbtFits`); :meth:`result` gives the details."""
 
-    def __init__(self, codes, factors, codes_test, factors_test, seed: int = 0, n_jobs: int | None = 1):
+    def __init__(self, codes, factors, codes_test, factors_test, seed: int = 0, n_jobs: int | None = 1,
+                 trees: str = "vectorised"):
         c, f, ct, ft = check_train_test(codes, factors, codes_test, factors_test)
         _check_sizes(c, f)
-        self.fits = GbtFits(c, f, ct, ft, seed, n_jobs)
+        self.fits = GbtFits(c, f, ct, ft, seed, n_jobs, trees)
 
     def result(self) -> dict:
         return _details_from(*self.fits.result())
@@ -173,23 +194,27 @@ def dci_from_importance(importance) -> dict:
     return {"disentanglement": disentanglement(importance), "completeness": completeness(importance)}
 
 
-def dci_details(codes, factors, codes_test, factors_test, seed: int = 0, n_jobs: int | None = 1) -> dict:
+def dci_details(codes, factors, codes_test, factors_test, seed: int = 0, n_jobs: int | None = 1,
+                trees: str = "vectorised") -> dict:
     """DCI with its parts: the four scores plus ``importance`` (D x K), ``disentanglement_per_code`` (D),
     ``completeness_per_factor`` (K), ``code_weights`` (D), ``accuracy_train`` / ``accuracy_test`` (K)."""
-    return DciJob(codes, factors, codes_test, factors_test, seed, n_jobs).result()
+    return DciJob(codes, factors, codes_test, factors_test, seed, n_jobs, trees).result()
 
 
-def dci(codes, factors, codes_test, factors_test, seed: int = 0, n_jobs: int | None = 1) -> dict:
+def dci(codes, factors, codes_test, factors_test, seed: int = 0, n_jobs: int | None = 1,
+        trees: str = "vectorised") -> dict:
     """DCI scores: ``disentanglement``, ``completeness``, ``informativeness_train``, ``informativeness_test``.
 
     ``seed`` derives each GBT's random_state (dlib leaves them unseeded); ``n_jobs`` > 1 fits the
-    factors in parallel processes (same numbers), ``None`` uses every available core."""
-    d = dci_details(codes, factors, codes_test, factors_test, seed, n_jobs)
+    factors in parallel processes (same numbers), ``None`` uses every available core; ``trees`` picks
+    the GBT implementation (module docstring)."""
+    d = dci_details(codes, factors, codes_test, factors_test, seed, n_jobs, trees)
     return {k: d[k] for k in ("disentanglement", "completeness", "informativeness_train", "informativeness_test")}
 
 
 def start_dci_score(encode, dataset, seed: int = 0, num_train: int = DEFAULTS["num_train"],
-                    num_test: int = DEFAULTS["num_test"], n_jobs: int | None = None, *, sampler=None) -> DciJob:
+                    num_test: int = DEFAULTS["num_test"], n_jobs: int | None = None, *, sampler=None,
+                    trees: str = "vectorised") -> DciJob:
     """Draw and encode DCI's points now, start the GBT fits (in worker processes when ``n_jobs`` > 1)
     and return the job; ``job.result()`` is :func:`dci_score`'s answer."""
     from .sampling import get_sampler
@@ -198,11 +223,13 @@ def start_dci_score(encode, dataset, seed: int = 0, num_train: int = DEFAULTS["n
     rng = np.random.default_rng(seed)
     f, z = s.sample(num_train, rng, "DCI")
     ft, zt = s.sample(num_test, rng, "DCI")
-    return DciJob(z, f, zt, ft, seed=estimator_seed(rng), n_jobs=n_jobs)
+    return DciJob(z, f, zt, ft, seed=estimator_seed(rng), n_jobs=n_jobs, trees=trees)
 
 
 def dci_score(encode, dataset, seed: int = 0, num_train: int = DEFAULTS["num_train"],
-              num_test: int = DEFAULTS["num_test"], n_jobs: int | None = None, *, sampler=None) -> dict:
+              num_test: int = DEFAULTS["num_test"], n_jobs: int | None = None, *, sampler=None,
+              trees: str = "vectorised") -> dict:
     """DCI on i.i.d. train / test draws from ``dataset`` (see :func:`dci_details`); ``n_jobs`` None uses
     every available core for the per-factor fits (same numbers)."""
-    return start_dci_score(encode, dataset, seed, num_train, num_test, n_jobs, sampler=sampler).result()
+    return start_dci_score(encode, dataset, seed, num_train, num_test, n_jobs, sampler=sampler,
+                           trees=trees).result()

@@ -173,7 +173,7 @@ METRICS: dict[str, _Metric] = {m.name: m for m in [
     _Metric("mig", "MIG", "factors", dict(num_train=10_000, num_bins=20), ["score"], 1, (), _run_mig),  # mig.gin
     _Metric("sap", "SAP", "factors", dict(num_train=10_000, num_test=5_000, continuous=False), ["score"], 1,
             ("sap_score",), _run_sap),  # sap_score.gin
-    _Metric("dci", "DCI", "factors", dict(num_train=10_000, num_test=5_000),
+    _Metric("dci", "DCI", "factors", dict(num_train=10_000, num_test=5_000, trees="vectorised"),
             ["disentanglement", "completeness", "informativeness_train", "informativeness_test"], 2, (),
             _run_dci),  # dci.gin
     _Metric("modularity", "Modularity / explicitness", "factors", dict(num_train=10_000, num_test=5_000, num_bins=20),
