@@ -87,8 +87,8 @@ class BoostedTrees:
             node, imp, split_root = self._grow(resid, x64, order, sorted_vals, stage, rng)
             leaf_sum = self._node_sums(node, resid, 2 ** levels)
             count = self._node_sums(node, np.ones_like(resid), 2 ** levels)
-            hess = self._node_sums(node, prob * (1 - prob) if not self._binary else
-                                   (onehot - resid) * (1 - onehot + resid), 2 ** levels)
+            p_back = onehot - resid  # ensemble/_gb.py: prob = y - neg_gradient; hessian prob (1 - prob)
+            hess = self._node_sums(node, p_back * (1 - p_back), 2 ** levels)
             with np.errstate(invalid="ignore", divide="ignore"):
                 num = leaf_sum / np.maximum(count, 1)
                 if not self._binary:
