@@ -95,8 +95,7 @@ def encode_batches(model, images: torch.Tensor, batches, chunk_images: int = 819
     for s in range(0, n, per_chunk):
         idx = torch.from_numpy(batches[s:s + per_chunk].reshape(-1))
         x = images[idx].to(dev).float().div_(255.0)
-        h, mu, _ = model._local(x)  # trunk features and q(z|x) (BatchNorm in eval mode: per image)
-        m, logs2 = model.contributions(h, model.component_probs(mu))
+        mu, m, logs2 = model.image_contributions(x)  # per image (BatchNorm in eval mode)
         c = len(idx) // b
         mb, lb = pool_gaussians(m.reshape(c, b, -1), logs2.reshape(c, b, -1), dim=1)
         mu_beta.append(mb.float().cpu())

@@ -102,12 +102,18 @@ class UGVAE(VAE):
         g = self.qbeta(torch.cat([h, pi], dim=1))
         return g[:, : self.dim_beta], g[:, self.dim_beta:]
 
-    def global_posterior(self, x: torch.Tensor, use_mean: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(β|X) pooled over the whole batch ``x``: ``(mu_beta, logvar_beta)``, each of shape (dβ,).
-        With ``use_mean`` the π come from μ_z (the experiments), else from a sampled z (training)."""
+    def image_contributions(self, x: torch.Tensor, use_mean: bool = True):
+        """Per image: ``(mu_z, m_i, ln s²_i)``, q(z|x)'s means and the image's Gaussian contribution to
+        q(β|X); pooling the contributions of any set of images (:func:`pool_gaussians`) gives that set's
+        global posterior. With ``use_mean`` the π come from μ_z (the experiments), else from a sampled z."""
         h, mu, logvar = self._local(x)
         z = mu if use_mean else self.reparameterize(mu, logvar)
         m, logs2 = self.contributions(h, self.component_probs(z))
+        return mu, m, logs2
+
+    def global_posterior(self, x: torch.Tensor, use_mean: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(β|X) pooled over the whole batch ``x``: ``(mu_beta, logvar_beta)``, each of shape (dβ,)."""
+        _, m, logs2 = self.image_contributions(x, use_mean)
         return pool_gaussians(m, logs2, dim=0)
 
     # ------------------------------------------------------------------ generative side
@@ -138,8 +144,7 @@ class UGVAE(VAE):
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Mean images decoded from μ_z and the batch's posterior-mean β (π from μ_z)."""
-        h, mu, _ = self._local(x)
-        m, logs2 = self.contributions(h, self.component_probs(mu))
+        mu, m, logs2 = self.image_contributions(x)
         mu_beta, _ = pool_gaussians(m, logs2, dim=0)
         return self.mean_image(self.decode(mu, mu_beta))
 
