@@ -52,7 +52,7 @@ def _losses(run_dir):
     ("factorvae", {"model.gamma": [2.0, 20.0, 40.0]}, [3]),  # M = 3, two optimisers per iteration
 ])
 def test_vmapped_sweep_equals_runs_trained_alone(tmp_path, dataset, objective, grid, seeds):
-    res = sweep(base(objective), grid, seeds, out=tmp_path / "sw", quiet=True, dataset=dataset)
+    res = sweep(base(objective), grid, seeds, out=tmp_path / "sw", quiet=True, dataset=dataset, mode="vmap")
     assert res.mode == "vmap" and res.note is None and len(res) == len(seeds) * len(next(iter(grid.values())))
     manifest = json.loads((tmp_path / "sw" / "sweep.json").read_text())
     for run in manifest["runs"]:
@@ -82,7 +82,7 @@ def test_vmapped_sweep_equals_runs_trained_alone(tmp_path, dataset, objective, g
 
 def test_a_sweep_run_resumes_alone_as_if_trained_alone(tmp_path, dataset):
     sweep(base("annealedvae", checkpoint_every=2), {"model.c_max": [5.0, 25.0]}, [0], out=tmp_path / "sw",
-          quiet=True, dataset=dataset, steps=2)
+          quiet=True, dataset=dataset, steps=2, mode="vmap")
     run = tmp_path / "sw" / "t-1"
     Trainer(resolve(base("annealedvae"), {"model.c_max": 25.0, "train.out": str(run)}), resume=True, quiet=True,
             dataset=dataset).fit()
@@ -92,9 +92,9 @@ def test_a_sweep_run_resumes_alone_as_if_trained_alone(tmp_path, dataset):
     np.testing.assert_allclose(_losses(run)[-2:], _losses(solo)[-2:], rtol=1e-5)
     # and the whole sweep resumes in one vmapped step
     sweep(base("annealedvae", checkpoint_every=2), {"model.c_max": [5.0, 25.0]}, [0], out=tmp_path / "sw2",
-          quiet=True, dataset=dataset, steps=2)
+          quiet=True, dataset=dataset, steps=2, mode="vmap")
     res = sweep(base("annealedvae"), {"model.c_max": [5.0, 25.0]}, [0], out=tmp_path / "sw2", quiet=True,
-                dataset=dataset, steps=STEPS, resume=True)
+                dataset=dataset, steps=STEPS, resume=True, mode="vmap")
     assert res.mode == "vmap"
     np.testing.assert_allclose(_losses(res[1])[-2:], _losses(solo)[-2:], rtol=1e-5)
     assert vaelab.load_run(res[0]).step == STEPS
@@ -108,9 +108,13 @@ def test_sequential_mode_and_automatic_fallback(tmp_path, dataset, capsys):
         assert vaelab.load_run(p).step == 2
     # a structural difference (the net) cannot share a vmapped step: sequential, with one line
     res = sweep(base("betavae", steps=1), {"model.latent_dim": [4, 6]}, None, out=tmp_path / "auto",
-                quiet=True, dataset=dataset)
+                quiet=True, dataset=dataset, mode="vmap")
     assert res.mode == "sequential" and "model.latent_dim differs" in res.note
     assert [vaelab.load_run(p).latent_dim for p in res] == [4, 6]
+    # the default, auto, trains one after another on the CPU (where the vmapped step is slower)
+    res = sweep(base("betavae", steps=1), {"model.beta": [1.0, 4.0]}, None, out=tmp_path / "cpu",
+                quiet=True, dataset=dataset)
+    assert res.mode == "sequential" and res.note is None and len(res) == 2
 
 
 def test_stacked_adam_is_m_independent_adams():
@@ -159,7 +163,7 @@ def test_cli_sweep(tmp_path, shared_data, capsys):
     rc = main(["sweep", "quickstart", "--grid", "model.gamma=1,10", "--seeds", "0", "--steps", "2",
                "--set", "data.name=dsprites", "--set", f"data.root={npz}", "--set", "train.batch_size=8",
                "--set", "model.net=burgess64", "--set", "train.tensorboard=false", "--device", "cpu",
-               "--out", str(out)])
+               "--mode", "vmap", "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
     assert "sweep of 2 runs (vmap)" in text and "model.gamma=10" in text

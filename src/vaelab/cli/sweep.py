@@ -7,8 +7,8 @@ def register(sub):
         "sweep", help="train a grid of hyperparameters x seeds at once (one vmapped step)",
         description="Train M runs of one preset: the product of every --grid and --seeds, one run folder "
                     "each (DIR/<name>-<k>/, opened by load_run like any run) and DIR/sweep.json. "
-                    "--mode vmap (default) trains all models in one vmapped step; runs that differ in "
-                    "structure (net, latent size, ...) fall back to --mode sequential, saying so.")
+                    "--mode vmap trains all models in one vmapped step (the default on a GPU); runs that "
+                    "differ in structure (net, latent size, ...) fall back to --mode sequential, saying so.")
     p.add_argument("preset", metavar="PRESET|FILE.toml")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="values of one config key, e.g. --grid model.beta=1,2,4 (repeatable: product)")
@@ -18,7 +18,8 @@ def register(sub):
     p.add_argument("--steps", type=int, help="training iterations")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", metavar="DIR", help="sweep folder (default: runs/<preset name>-sweep)")
-    p.add_argument("--mode", choices=("vmap", "sequential"), default="vmap")
+    p.add_argument("--mode", choices=("auto", "vmap", "sequential"), default="auto",
+                   help="auto (default): vmap on a GPU, sequential on the CPU (where vmap is slower)")
     p.add_argument("--resume", action="store_true", help="continue the sweep's runs from their checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     p.set_defaults(func=run_sweep)
