@@ -43,12 +43,13 @@ def test_evaluate_end_to_end_quickstart(tmp_path, capsys):
     rc = main(["train", "quickstart", "--steps", "5", "--device", "cpu", "--out", str(run), "--quiet"])
     assert rc == 0, capsys.readouterr().err
     capsys.readouterr()
-    rc = main(["evaluate", str(run), "--metrics", "mig,unsupervised,latent", "--profile", "fast", "--json",
+    rc = main(["evaluate", str(run), "--metrics", "mig,dci,unsupervised,latent", "--profile", "fast", "--json",
                "--jobs", "1"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     res = json.loads(out)
     assert 0.0 <= res["mig.score"] <= 1.0
+    assert 0.0 <= res["dci.disentanglement"] <= 1.0 and res["settings"]["dci"]["trees"] == "vectorised"
     assert res["num_latents"] == 10 and res["profile"] == "fast"
     assert res["skipped"] == {}
     assert "latent.kl_per_latent" in res and len(res["latent.kl_per_latent"]) == 10
