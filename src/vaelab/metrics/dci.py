@@ -48,22 +48,24 @@ def completeness_per_factor(importance) -> np.ndarray:
     return 1.0 - entropy_normalised(r + _SMOOTH, base=r.shape[0], axis=0)
 
 
+def _importance_weighted(per, r, axis: int) -> float:
+    """Mean of per-code (axis 1) or per-factor (axis 0) scores weighted by their share of the total
+    importance; an all-zero R weighs them equally (dlib)."""
+    if r.sum() == 0.0:
+        r = np.ones_like(r)
+    return float(np.sum(per * r.sum(axis=axis) / r.sum()))
+
+
 def disentanglement(importance) -> float:
     """Importance-weighted mean of per-code disentanglement (``importance`` D x K)."""
     r = _check_importance(importance)
-    per_code = disentanglement_per_code(r)
-    if r.sum() == 0.0:
-        r = np.ones_like(r)
-    return float(np.sum(per_code * r.sum(axis=1) / r.sum()))
+    return _importance_weighted(disentanglement_per_code(r), r, axis=1)
 
 
 def completeness(importance) -> float:
     """Importance-weighted mean of per-factor completeness (``importance`` D x K)."""
     r = _check_importance(importance)
-    per_factor = completeness_per_factor(r)
-    if r.sum() == 0.0:
-        r = np.ones_like(r)
-    return float(np.sum(per_factor * r.sum(axis=0) / r.sum()))
+    return _importance_weighted(completeness_per_factor(r), r, axis=0)
 
 
 TREES = ("vectorised", "sklearn")
@@ -217,13 +219,10 @@ def start_dci_score(encode, dataset, seed: int = 0, num_train: int = DEFAULTS["n
                     trees: str = "vectorised") -> DciJob:
     """Draw and encode DCI's points now, start the GBT fits (in worker processes when ``n_jobs`` > 1)
     and return the job; ``job.result()`` is :func:`dci_score`'s answer."""
-    from .sampling import get_sampler
+    from .sampling import train_test_draws
 
-    s = get_sampler(encode, dataset, sampler)
-    rng = np.random.default_rng(seed)
-    f, z = s.sample(num_train, rng, "DCI")
-    ft, zt = s.sample(num_test, rng, "DCI")
-    return DciJob(z, f, zt, ft, seed=estimator_seed(rng), n_jobs=n_jobs, trees=trees)
+    f, z, ft, zt, est_seed = train_test_draws(encode, dataset, sampler, seed, num_train, num_test, "DCI")
+    return DciJob(z, f, zt, ft, seed=est_seed, n_jobs=n_jobs, trees=trees)
 
 
 def dci_score(encode, dataset, seed: int = 0, num_train: int = DEFAULTS["num_train"],

@@ -114,10 +114,7 @@ def modularity_score(encode, dataset, seed: int = 0, num_train: int = DEFAULTS["
                      num_test: int = DEFAULTS["num_test"], num_bins: int = DEFAULTS["num_bins"],
                      *, sampler=None) -> dict:
     """Modularity and explicitness on i.i.d. draws from ``dataset``."""
-    from .sampling import get_sampler
+    from .sampling import train_test_draws
 
-    s = get_sampler(encode, dataset, sampler)
-    rng = np.random.default_rng(seed)
-    f, z = s.sample(num_train, rng, "modularity")
-    ft, zt = s.sample(num_test, rng, "modularity")
-    return modularity_explicitness_details(z, f, zt, ft, seed=estimator_seed(rng), num_bins=num_bins)
+    f, z, ft, zt, est_seed = train_test_draws(encode, dataset, sampler, seed, num_train, num_test, "modularity")
+    return modularity_explicitness_details(z, f, zt, ft, seed=est_seed, num_bins=num_bins)

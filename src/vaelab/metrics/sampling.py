@@ -187,3 +187,16 @@ def get_sampler(encode, dataset, sampler: CodeSampler | None = None) -> CodeSamp
     if sampler is not None:
         return sampler
     return CodeSampler(encode, dataset)
+
+
+def train_test_draws(encode, dataset, sampler, seed: int, num_train: int, num_test: int, metric: str):
+    """``(factors, codes, factors_test, codes_test, estimator_seed)``: i.i.d. train then test draws from
+    ``dataset`` with a generator seeded by ``seed``, and the seed for the metric's estimator drawn after
+    them (the protocol of SAP, DCI and modularity / explicitness)."""
+    from .info import estimator_seed
+
+    s = get_sampler(encode, dataset, sampler)
+    rng = np.random.default_rng(seed)
+    f, z = s.sample(num_train, rng, metric)
+    ft, zt = s.sample(num_test, rng, metric)
+    return f, z, ft, zt, estimator_seed(rng)

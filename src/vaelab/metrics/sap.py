@@ -82,10 +82,7 @@ def sap_score(encode, dataset, seed: int = 0, num_train: int = DEFAULTS["num_tra
               num_test: int = DEFAULTS["num_test"], continuous: bool = DEFAULTS["continuous"],
               *, sampler=None) -> dict:
     """SAP on i.i.d. train / test draws from ``dataset`` (see :func:`sap_details`)."""
-    from .sampling import get_sampler
+    from .sampling import train_test_draws
 
-    s = get_sampler(encode, dataset, sampler)
-    rng = np.random.default_rng(seed)
-    f, z = s.sample(num_train, rng, "SAP")
-    ft, zt = s.sample(num_test, rng, "SAP")
-    return sap_details(z, f, zt, ft, continuous, seed=estimator_seed(rng))
+    f, z, ft, zt, est_seed = train_test_draws(encode, dataset, sampler, seed, num_train, num_test, "SAP")
+    return sap_details(z, f, zt, ft, continuous, seed=est_seed)
