@@ -22,7 +22,7 @@ import torch
 from ..errors import VaelabError
 from .base import FactorDataset
 from .prepare import (build_entry, cache_entry, file_stat, load_array, open_entry, progress, read_manifest)
-from .registry import DatasetSpec, find_data_file, register
+from .registry import DatasetSpec, find_data_file, register, require_grid_split
 
 OFFICIAL_FILE = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
 DEFAULT_PATH = f"dsprites/{OFFICIAL_FILE}"
@@ -205,9 +205,7 @@ def _extract(path: Path, entry: Path, key: dict):
 def load_dsprites(root: Path | None = None, split: str = "train", size: int | None = None, *,
                   force: bool = False) -> FactorDataset:
     """dSprites from the official npz (or a subset with the same keys); see the module docstring."""
-    if split not in ("train", "all"):
-        raise VaelabError(f"dsprites has no {split!r} split (it is one factor grid); use split='train' and "
-                          f"vaelab.data.splits.train_val_split for held-out images")
+    require_grid_split("dsprites", split)
     path = resolve(root)
     key = {"kind": "dsprites", "v": 1, "source": str(path.resolve()), **file_stat(path)}
     entry = cache_entry(f"dsprites-{path.stem}", key)

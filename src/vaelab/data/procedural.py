@@ -29,7 +29,7 @@ import torch
 
 from ..errors import VaelabError
 from .base import FactorDataset
-from .registry import DatasetSpec, register
+from .registry import DatasetSpec, register, require_grid_split
 
 NAME = "dsprites-procedural"
 VERSION = 1  # bump when the renderer's output changes: the cache file name carries it
@@ -276,9 +276,7 @@ def load(root: Path | None = None, split: str = "train", size: int | None = None
          quiet: bool = False, force: bool = False, **unknown) -> FactorDataset:
     """The full grid as a FactorDataset (registry loader). ``root``: the data directory whose
     ``cache/`` holds the render. ``quiet``: no progress bar; ``force``: render again."""
-    if split not in ("train", "all"):
-        raise VaelabError(f"{NAME} has no {split!r} split (it is one factor grid); use split='train' and "
-                          f"vaelab.data.splits.train_val_split for held-out images")
+    require_grid_split(NAME, split)
     if size not in (None, SIDE):
         raise VaelabError(f"{NAME} images are 64 x 64; size {size} is not available (drop --size)")
     if unknown:

@@ -121,3 +121,10 @@ def missing_data(name: str, looked: Path | str, how: str | None = None) -> Vaela
         how = spec.fetch_command if spec is not None else None
     hint = f"; get it with `{how}`" if how and how.startswith("vaelab ") else (f"; {how}" if how else "")
     return VaelabError(f"{name}: no data at {looked}{hint} (or pass --root PATH)")
+
+
+def require_grid_split(name: str, split: str) -> None:
+    """Full factor grids (dSprites, 3D Shapes) have one split; held-out images come from splits.py."""
+    if split not in ("train", "all"):
+        raise VaelabError(f"{name} has no {split!r} split (it is one factor grid); use split='train' and "
+                          f"vaelab.data.splits.train_val_split for held-out images")

@@ -23,7 +23,7 @@ import torch
 from ..errors import VaelabError
 from .base import FactorDataset
 from .prepare import build_entry, cache_entry, file_stat, load_array, open_entry, progress, read_manifest
-from .registry import DatasetSpec, find_data_file, register
+from .registry import DatasetSpec, find_data_file, register, require_grid_split
 
 OFFICIAL_FILE = "3dshapes.h5"
 DEFAULT_PATH = f"shapes3d/{OFFICIAL_FILE}"
@@ -98,9 +98,7 @@ def _bases(sizes) -> np.ndarray:
 def load_shapes3d(root: Path | None = None, split: str = "train", size: int | None = None, *,
                   force: bool = False) -> FactorDataset:
     """3D Shapes from ``3dshapes.h5`` (see the module docstring)."""
-    if split not in ("train", "all"):
-        raise VaelabError(f"shapes3d has no {split!r} split (it is one factor grid); use split='train' and "
-                          f"vaelab.data.splits.train_val_split for held-out images")
+    require_grid_split("shapes3d", split)
     path = resolve(root)
     h5py = _h5py()
     try:

@@ -25,6 +25,14 @@ DEFAULT_FORMATS = ("png", "pdf")  # SPEC §7: PNG + PDF figures
 
 # ---------------------------------------------------------------------------------------------- runs
 
+def ugvae_run(run):
+    """``run`` if it is already a loaded run, else :func:`load_ugvae_run` of the path; model in eval mode."""
+    if not hasattr(run, "model"):
+        run = load_ugvae_run(run)
+    run.model.eval()
+    return run
+
+
 def load_ugvae_run(path, step: int | None = None, device: str = "auto"):
     """A UG-VAE :class:`~vaelab.training.Run` (model in eval mode); anything else is a VaelabError."""
     from ..config import read_toml

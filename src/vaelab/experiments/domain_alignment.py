@@ -158,10 +158,8 @@ def run_domain_alignment(run, *, domains=None, n_batches: int = 100, mixed_batch
         raise VaelabError(f"--batches must be at least 4 (two per domain for the classifier), got {n_batches}")
     if mixed_batches < 0:
         raise VaelabError(f"--mixed-batches must be >= 0, got {mixed_batches}")
-    if not hasattr(run, "model"):
-        run = common.load_ugvae_run(run)
+    run = common.ugvae_run(run)
     model = run.model
-    model.eval()
     bs = int(batch_size or run.cfg.train.batch_size)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)

@@ -61,10 +61,8 @@ def run_global_structure(run, *, kind: str = "auto", attribute: str = "Male", at
                          seed: int = 0, split: str | None = None,
                          formats=common.DEFAULT_FORMATS) -> common.Results:
     """Run the global-structure experiment on a UG-VAE run (a path or a loaded run)."""
-    if not hasattr(run, "model"):
-        run = common.load_ugvae_run(run)
+    run = common.ugvae_run(run)
     model = run.model
-    model.eval()
     ds = common.run_dataset(run, split)
     common.check_images_fit(model, ds.images, f"dataset {ds.name!r}")
     kind = pick_kind(ds, kind, attribute)

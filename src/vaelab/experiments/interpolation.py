@@ -138,10 +138,8 @@ def run_interpolation(run, *, variant: str = "both", steps: int = 7, batch_size:
         raise VaelabError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     if steps < 2:
         raise VaelabError(f"--steps must be at least 2, got {steps}")
-    if not hasattr(run, "model"):
-        run = common.load_ugvae_run(run)
+    run = common.ugvae_run(run)
     model = run.model
-    model.eval()
     if components is not None:
         bad = [k for k in components if not 0 <= int(k) < model.K]
         if bad:
