@@ -4,7 +4,10 @@ from __future__ import annotations
 
 def register(sub):
     p = sub.add_parser("train", help="train a model from a preset or a TOML config",
-                       description="Train a model. PRESET is a name from `vaelab presets` or a .toml file.")
+                       description="Train a model. PRESET is a name from `vaelab presets` or a .toml file. "
+                                   "Under torchrun (torchrun --nproc_per_node=N -m vaelab train ...) the N "
+                                   "processes share each batch of train.batch_size images and average "
+                                   "their gradients; rank 0 writes the run folder.")
     p.add_argument("preset", metavar="PRESET|FILE.toml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set model.beta=4 (repeatable)")
@@ -33,7 +36,9 @@ def run_train(args):
               "bf16": args.bf16}
     result = train(args.preset, overrides=args.overrides, resume=args.resume, quiet=args.quiet,
                    run_dir=args.out, **kwargs)
-    if not args.quiet and not isinstance(result, dict):
+    from ..training.distributed import from_env
+
+    if not args.quiet and not isinstance(result, dict) and from_env().main:
         print(f"run folder: {result.path} (step {result.step})")
     return 0
 

@@ -214,8 +214,36 @@ def open_entry(entry: Path, manifest: dict) -> np.ndarray | None:
 def build_entry(entry: Path, shape, fill: Callable[[np.ndarray], dict | None], manifest: dict,
                 arrays: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, dict]:
     """Write ``images.npy`` (``fill(out)`` fills the memmap and may return extra manifest fields,
-    including ``"arrays"``: name -> array saved beside it), then the manifest. Returns (images, manifest)."""
+    including ``"arrays"``: name -> array saved beside it), then the manifest. Returns (images, manifest).
+
+    Processes that need the same entry at once (torchrun ranks, a sweep's workers) take turns on a
+    lock file beside it: the first builds, the others find the finished entry and open it."""
     entry.mkdir(parents=True, exist_ok=True)
+    with _entry_lock(entry):
+        done = read_manifest(entry)
+        images = open_entry(entry, done) if done is not None else None
+        if images is not None:
+            return images, done
+        return _build_entry_locked(entry, shape, fill, manifest, arrays)
+
+
+@contextlib.contextmanager
+def _entry_lock(entry: Path):
+    """An exclusive lock on ``<entry>.lock`` (POSIX flock; no lock where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(entry.parent / f"{entry.name}.lock", "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _build_entry_locked(entry: Path, shape, fill, manifest: dict, arrays) -> tuple[np.ndarray, dict]:
     for stale in entry.glob(".*.tmp-*"):  # leftovers of an interrupted run
         with contextlib.suppress(OSError):
             stale.unlink()

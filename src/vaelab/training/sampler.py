@@ -5,6 +5,8 @@ when they fit, else memory-mapped on the host) and a batch is ``images[idx]``.
 Two modes (SPEC 1.5): ``epoch_permutation`` walks a fresh permutation of the training indices
 and drops the last partial batch (static shapes); ``iid`` draws uniformly with replacement (dlib).
 The sampler owns its own torch.Generator, so its state is saved and restored by checkpoints.
+Under torchrun (``rank``/``world``) every process draws the same global batch and keeps its slice
+of ``batch_size / world`` images, so the sampler's state is the same on every rank.
 """
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ import torch
 
 class BatchSampler:
     def __init__(self, images: torch.Tensor, indices: torch.Tensor, batch_size: int, *,
-                 mode: str = "epoch_permutation", seed: int = 0, device: torch.device | str = "cpu"):
+                 mode: str = "epoch_permutation", seed: int = 0, device: torch.device | str = "cpu",
+                 rank: int = 0, world: int = 1):
         self.images = images
+        self.rank, self.world = int(rank), int(world)
         self.indices = indices.to(torch.int64).cpu()
         self.batch_size = int(batch_size)
         self.mode = mode
@@ -24,6 +28,11 @@ class BatchSampler:
 
             raise VaelabError(f"the training split has {len(self.indices)} images, fewer than one batch "
                               f"of {self.batch_size}; lower train.batch_size")
+        if self.batch_size % self.world:
+            from ..errors import VaelabError
+
+            raise VaelabError(f"train.batch_size {self.batch_size} does not divide among {self.world} "
+                              f"processes; choose a multiple of {self.world}")
         self.generator = torch.Generator().manual_seed(int(seed))
         self.perm = torch.empty(0, dtype=torch.int64)
         self.pos = 0
@@ -50,9 +59,16 @@ class BatchSampler:
             n -= self.batch_size
         return out[0] if len(out) == 1 else torch.cat(out)
 
+    def local(self, idx: torch.Tensor, n_batches: int = 1) -> torch.Tensor:
+        """This rank's slice of each of ``n_batches`` global batches (all of them alone)."""
+        if self.world == 1:
+            return idx
+        b = self.batch_size // self.world
+        return idx.view(n_batches, self.batch_size)[:, self.rank * b:(self.rank + 1) * b].reshape(-1)
+
     def next(self, n_batches: int = 1) -> torch.Tensor:
-        """The next batch as float in [0, 1] on the training device."""
-        idx = self.next_indices(n_batches)
+        """The next batch (this rank's slice of it) as float in [0, 1] on the training device."""
+        idx = self.local(self.next_indices(n_batches), n_batches)
         if self.images.device != idx.device:
             idx = idx.to(self.images.device)
         batch = self.images[idx]

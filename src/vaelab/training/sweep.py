@@ -30,6 +30,7 @@ differ, e.g. an lr sweep or an lr schedule; plain floats where they agree).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import math
@@ -44,8 +45,8 @@ from ..config import Config, parse_override, resolve
 from ..errors import VaelabError
 from .trainer import _sigterm_as_interrupt
 
-__all__ = ["TENSOR_KEYS", "MODES", "expand", "vmap_problem", "StackedAdam", "VmapSweep", "sweep",
-           "parse_grid"]
+__all__ = ["TENSOR_KEYS", "MODES", "BACKENDS", "expand", "vmap_problem", "StackedAdam", "VmapSweep", "sweep",
+           "train_group", "parse_grid"]
 
 MODES = ("auto", "vmap", "sequential")
 
@@ -561,9 +562,13 @@ def _shared_dataset(cfgs, dataset, device):
     return ds
 
 
+BACKENDS = ("local", "ray")
+
+
 def sweep(preset_or_config, grid=None, seeds=None, *, overrides=None, steps: int | None = None, out=None,
           device: str | None = None, mode: str = "auto", quiet: bool = False, resume: bool = False,
-          dataset=None) -> SweepResult:
+          dataset=None, backend: str = "local", ray_address: str | None = None,
+          runs_per_task: int | None = None, gpus_per_task: float | None = None) -> SweepResult:
     """Train every config of a sweep; returns the run folders (``.mode`` says how they were trained).
 
     ``mode``: ``vmap`` (all models in one vmapped step), ``sequential`` (one after another), or
@@ -571,11 +576,18 @@ def sweep(preset_or_config, grid=None, seeds=None, *, overrides=None, steps: int
     (benchmarks/throughput.py --small: 0.92x at M = 4, 0.52x at M = 16 on 2 cores).
 
     ``grid``: ``{"model.beta": [1, 2, 4]}`` (or ``--grid`` strings); ``seeds``: list of ints (default:
-    the preset's seed); ``overrides``: ``--set`` strings or a dotted dict applied to every run."""
-    from .trainer import Trainer
+    the preset's seed); ``overrides``: ``--set`` strings or a dotted dict applied to every run.
 
+    Where the runs go: ``backend="local"`` trains them in this process, or, under ``torchrun`` (N
+    processes), each process trains every N-th run on its own GPU (``cuda:LOCAL_RANK``).
+    ``backend="ray"`` sends them to a Ray cluster (``ray_address``; none: a local Ray started for
+    the sweep) as tasks of ``runs_per_task`` runs (default 1 for sequential, 16 for vmap), each
+    task holding ``gpus_per_task`` GPUs (default 1 where the cluster has GPUs, else 0; fractions
+    share a GPU). The run folders must be on a file system every Ray node sees."""
     if mode not in MODES:
         raise VaelabError(f"unknown sweep mode {mode!r}; valid: {', '.join(MODES)}")
+    if backend not in BACKENDS:
+        raise VaelabError(f"unknown sweep backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if isinstance(grid, (list, tuple)):
         grid = parse_grid(grid)
     over = {}
@@ -604,32 +616,67 @@ def sweep(preset_or_config, grid=None, seeds=None, *, overrides=None, steps: int
         cfgs = resumed
     if any(c.train.folds for c in cfgs):
         raise VaelabError("a sweep does not run k-fold configs (train.folds); run them with `vaelab train`")
+    from . import distributed
+
+    ctx = distributed.from_env()
+    if ctx.active and backend == "ray":
+        raise VaelabError("--backend ray is not run under torchrun; start it as one process")
     result = SweepResult()
     result.out = out_dir
-    if mode == "auto":
-        from .trainer import pick_device
+    if ctx.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        manifest = {"runs": [{"name": Path(c.train.out).name, "path": str(Path(c.train.out)), "values": lab}
+                             for c, lab in zip(cfgs, labels)]}
+        (out_dir / "sweep.json").write_text(json.dumps(manifest, indent=1))
+    if backend == "ray":
+        result.mode, result.note = _ray_sweep(cfgs, mode, resume, quiet, ray_address, runs_per_task,
+                                              gpus_per_task)
+    else:
+        if ctx.active:  # torchrun: every N-th run here, on this rank's GPU
+            for cfg in cfgs:
+                cfg.train.device = distributed.device_for(ctx, cfg.train.device)
+        group = distributed.shard(cfgs, ctx) if ctx.active else cfgs
+        created = distributed.setup(ctx, torch.device("cpu"), timeout_hours=24 * 7)
+        try:
+            if group:
+                result.mode, result.note = train_group(group, mode, resume=resume, quiet=quiet, dataset=dataset)
+            ctx.barrier()  # rank 0 returns (and prints the table) once every rank's runs are done
+        finally:
+            distributed.teardown(created)
+    if ctx.main:
+        manifest["mode"] = result.mode
+        (out_dir / "sweep.json").write_text(json.dumps(manifest, indent=1))
+    result.extend(Path(c.train.out) for c in cfgs)
+    return result
 
+
+def train_group(cfgs: list[Config], mode: str = "auto", *, resume: bool = False, quiet: bool = False,
+                dataset=None) -> tuple[str, str | None]:
+    """Train ``cfgs`` in this process: one vmapped step for all (``vmap``) or one after another.
+    Returns (the mode used, a note when vmap fell back to sequential)."""
+    from .trainer import Trainer, pick_device
+
+    if mode == "auto":
         mode = "vmap" if pick_device(cfgs[0].train.device).type == "cuda" else "sequential"
-    result.mode = mode
+    note = None
     if mode == "vmap":
         problem = vmap_problem(cfgs)
         if problem:
-            result.mode = "sequential"
-            result.note = f"sweep: {problem}; training the runs one after another (--mode sequential)"
+            mode = "sequential"
+            note = f"sweep: {problem}; training the runs one after another (--mode sequential)"
             if not quiet:
-                print(result.note)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = {"mode": result.mode, "runs": [
-        {"name": Path(c.train.out).name, "path": str(Path(c.train.out)), "values": lab} for c, lab in zip(cfgs, labels)]}
-    (out_dir / "sweep.json").write_text(json.dumps(manifest, indent=1))
-    ds = _shared_dataset(cfgs, dataset, device)
-
-    if result.mode == "sequential":
+                print(note)
+    if mode == "sequential":
+        datasets: dict[str, object] = {}  # one copy per distinct [data] table (and device)
         for cfg in cfgs:
-            tr = Trainer(cfg, run_dir=Path(cfg.train.out), resume=resume, quiet=quiet, dataset=ds)
-            result.append(tr.fit())
-        return result
+            key = json.dumps([dataclasses.asdict(cfg.data), cfg.train.device], sort_keys=True, default=str)
+            if key not in datasets:
+                datasets[key] = _shared_dataset([cfg], dataset, None)
+            tr = Trainer(cfg, run_dir=Path(cfg.train.out), resume=resume, quiet=quiet, dataset=datasets[key])
+            tr.fit()
+        return mode, note
 
+    ds = _shared_dataset(cfgs, dataset, None)
     trainers = []
     for cfg in cfgs:
         tr = Trainer(cfg, run_dir=Path(cfg.train.out), resume=resume, quiet=True, dataset=ds)
@@ -639,6 +686,62 @@ def sweep(preset_or_config, grid=None, seeds=None, *, overrides=None, steps: int
         tr._sweep_dev_rng = (torch.cuda.get_rng_state(tr.device) if tr.device.type == "cuda"
                              else torch.get_rng_state())
         trainers.append(tr)
-    engine = VmapSweep(trainers, quiet=quiet)
-    result.extend(engine.fit())
-    return result
+    VmapSweep(trainers, quiet=quiet).fit()
+    return mode, note
+
+
+# ---------------------------------------------------------------------------------------- Ray
+def _ray_task(cfg_dicts: list[dict], mode: str, resume: bool) -> tuple[list[str], str, str | None]:
+    """What one Ray task runs: a group of runs, trained as ``vaelab sweep`` would here."""
+    cfgs = [resolve(d) for d in cfg_dicts]
+    used, note = train_group(cfgs, mode, resume=resume, quiet=True)
+    return [c.train.out for c in cfgs], used, note
+
+
+def _ray_sweep(cfgs, mode, resume, quiet, address, runs_per_task, gpus_per_task) -> tuple[str, str | None]:
+    try:
+        import ray
+    except ImportError:
+        raise VaelabError("--backend ray needs Ray: pip install 'vaelab[ray]' (or pip install ray)") from None
+    import logging
+    import os
+
+    if runs_per_task is not None and runs_per_task < 1:
+        raise VaelabError(f"--runs-per-task must be at least 1, got {runs_per_task}")
+    own = not ray.is_initialized()
+    if own:
+        env = {k: os.environ[k] for k in ("VAELAB_DATA", "VAELAB_QUIET") if k in os.environ}
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.ERROR if quiet else logging.WARNING,
+                     runtime_env={"env_vars": env} if env else None)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise VaelabError(f"cannot start or reach Ray at {address or 'a new local instance'}: "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    try:
+        if gpus_per_task is None:
+            gpus_per_task = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        if runs_per_task is None:
+            runs_per_task = 1 if mode == "sequential" or gpus_per_task == 0 else 16
+        task = ray.remote(_ray_task).options(num_gpus=gpus_per_task, num_cpus=1, max_retries=0)
+        groups = [cfgs[i:i + runs_per_task] for i in range(0, len(cfgs), runs_per_task)]
+        pending = [task.remote([c.to_dict() for c in g], mode, resume) for g in groups]
+        modes, notes, done = set(), [], 0
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            try:
+                paths, used, note = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as e:
+                cause = getattr(e, "cause", None)
+                msg = str(cause) if isinstance(cause, VaelabError) else f"{type(cause or e).__name__}: {cause or e}"
+                raise VaelabError(f"a sweep task failed on Ray: {msg.splitlines()[0]}") from None
+            modes.add(used)
+            if note:
+                notes.append(note)
+            done += len(paths)
+            if not quiet:
+                print(f"ray: {done}/{len(cfgs)} runs done ({', '.join(Path(p).name for p in paths)})")
+        return ("+".join(sorted(modes)) or mode), (notes[0] if notes else None)
+    finally:
+        if own:
+            ray.shutdown()

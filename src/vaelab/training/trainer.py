@@ -19,7 +19,7 @@ import torch
 
 from ..config import Config, resolve
 from ..errors import VaelabError
-from . import checkpoint
+from . import checkpoint, distributed
 from .logger import RunLogger
 from .sampler import BatchSampler
 
@@ -48,6 +48,19 @@ def load_dataset(cfg: Config):
                      size=cfg.data.size or None, **cfg.data.options)
 
 
+class _NoLogger:
+    """What ranks >= 1 log to: nothing (rank 0 writes the run folder)."""
+
+    def log(self, step, record):
+        pass
+
+    def image(self, tag, step, array_hwc):
+        pass
+
+    def close(self):
+        pass
+
+
 def _scalar_terms(terms: dict) -> dict:
     return {k: v for k, v in terms.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
 
@@ -69,14 +82,22 @@ def _sigterm_as_interrupt():
 
 
 class Trainer:
-    """Trains one model from a validated :class:`Config` into one run folder."""
+    """Trains one model from a validated :class:`Config` into one run folder.
+
+    ``dist``: this process's :class:`~vaelab.training.distributed.Context` when the run is shared by
+    several processes (torchrun; see distributed.py): rank 0 writes the run folder, every rank
+    trains on its slice of each batch."""
 
     def __init__(self, cfg: Config, *, run_dir: Path | None = None, resume: bool = False,
-                 quiet: bool = False, dataset=None, train_indices=None, val_indices=None):
+                 quiet: bool = False, dataset=None, train_indices=None, val_indices=None,
+                 dist: distributed.Context | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
-        self.quiet = quiet
-        self.device = pick_device(cfg.train.device)
+        self.dist = dist or distributed.Context()
+        self.main = self.dist.main
+        self.quiet = quiet or not self.main
+        self.device = pick_device(distributed.device_for(self.dist, cfg.train.device))
+        self._own_group = distributed.setup(self.dist, self.device)
         tc = cfg.train
 
         # ---- resume: `cfg` is the run's saved config plus the caller's explicit overrides (see train())
@@ -121,20 +142,27 @@ class Trainer:
             g: torch.optim.Adam(params, lr=cfg.optim[g].lr, betas=tuple(cfg.optim[g].betas),
                                 eps=cfg.optim[g].eps, weight_decay=cfg.optim[g].weight_decay)
             for g, params in groups.items()}
+        for opt in self.optimizers.values():
+            self.dist.average_gradients(opt)  # torchrun: mean gradient over ranks before each step
         self.plateau = {g: {"factor": 1.0, "best": math.inf, "bad": 0} for g in groups}
 
         images = self.dataset.images
         if self.device.type == "cuda" and images.device.type == "cpu":
             images = images.to(self.device)  # uint8 on the GPU: a batch is one gather
         self.sampler = BatchSampler(images, self.train_indices, tc.batch_size, mode=cfg.data.sampling,
-                                    seed=tc.seed, device=self.device)
+                                    seed=tc.seed, device=self.device, rank=self.dist.rank, world=self.dist.world)
         self.step = 0
         self.elapsed = 0.0
         if ck_state is not None:
             self._restore(ck_tensors, ck_state)
-        else:
+        elif self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.toml").write_text(self.cfg.to_toml())
+        if self.dist.active:  # every rank from rank 0's weights; ranks >= 1 draw their own noise
+            self.dist.broadcast_module(self.model)
+            if not self.main:
+                torch.manual_seed(distributed.noise_seed(tc.seed, self.dist.rank, self.step))
+        if self.main:
+            (self.run_dir / "config.toml").write_text(self.cfg.to_toml())
         self._bad_steps = None  # per-term first non-finite step, on the device
         self._term_names: list[str] = []
         self.last_checkpoint: Path | None = None
@@ -174,8 +202,10 @@ class Trainer:
         self.step = int(state["step"])
         self.elapsed = float(state.get("elapsed", 0.0))
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self) -> Path | None:
         self._check_finite()  # never save a model that has gone NaN
+        if not self.main:
+            return None
         tensors, state = self._state()
         self.last_checkpoint = checkpoint.save(self.run_dir, self.step, tensors, state,
                                                keep=self.cfg.train.keep_checkpoints)
@@ -255,6 +285,8 @@ class Trainer:
         x_u8 = self.sampler.images[idx.to(self.sampler.images.device)]
         out = self.run_dir / "images"
         out.mkdir(exist_ok=True)
+        if not self.main:
+            return
         for name, picture in training_images(self.model, x_u8, self.device).items():
             save_png(picture, out / f"{name}_step{self.step:08d}.png")
             self.logger.image(name, self.step, picture)
@@ -264,11 +296,16 @@ class Trainer:
         from tqdm.auto import tqdm
 
         tc = self.cfg.train
-        self.logger = RunLogger(self.run_dir, tensorboard=tc.tensorboard)
+        self.logger = RunLogger(self.run_dir, tensorboard=tc.tensorboard) if self.main else _NoLogger()
         if self.step_fn is None:  # built after _restore: a captured graph holds the optimiser state's tensors
             from .fast import make_step
 
-            self.step_fn = make_step(self.model, self.optimizers, self.sampler, tc.fast, self.device, bf16=tc.bf16)
+            fast = tc.fast
+            if self.dist.active and fast != "off":  # collectives inside the step: eager only (untested captured)
+                if fast != "auto" and not self.quiet:
+                    print(f"fast path: {fast} is not used under torchrun ({self.dist.world} processes); running off")
+                fast = "off"
+            self.step_fn = make_step(self.model, self.optimizers, self.sampler, fast, self.device, bf16=tc.bf16)
             self.sampler = self.step_fn.sampler  # cuda-graph: the on-device sampler (same checkpoint format)
             if self.step_fn.note and not self.quiet:
                 print(self.step_fn.note)
@@ -298,9 +335,9 @@ class Trainer:
                         t_last, s_last = time.perf_counter(), self.step
                         bar.set_postfix(loss=f"{float(terms['loss']):.4g}", refresh=False)
                     if tc.val_every and (self.step % tc.val_every == 0 or done) and self.val_indices is not None:
-                        val = self.validate()
+                        val = self.validate() if self.main else {}
                         self.logger.log(self.step, val)
-                        self._plateau_update(val.get("val.loss", math.inf))
+                        self._plateau_update(self.dist.broadcast_float(val.get("val.loss", math.inf), self.device))
                     if (tc.image_every and self.step % tc.image_every == 0) or done:
                         self.save_images()
                     if (tc.checkpoint_every and self.step % tc.checkpoint_every == 0) or done:
@@ -309,7 +346,7 @@ class Trainer:
                     self.save_checkpoint()
         except KeyboardInterrupt:
             bar.close()
-            if self.step > 0:
+            if self.step > 0 and self.main:
                 ck = self.save_checkpoint()
                 if not self.quiet:
                     print(f"interrupted at step {self.step}: checkpoint {ck}; continue with --resume")
@@ -321,10 +358,23 @@ class Trainer:
             raise
         bar.close()
         self.logger.close()
+        self.dist.barrier()  # the other ranks return once rank 0's last checkpoint is written
         return self.run_dir
 
+    def close(self):
+        """Leave the process group this trainer joined (torchrun); nothing to do alone."""
+        distributed.teardown(self._own_group)
+        self._own_group = False
+
     def _log(self, terms: dict, rate: float):
+        if self.dist.active:  # the same steps on every rank: mean terms, first NaN anywhere, weights in sync
+            if self._bad_steps is not None:
+                self._bad_steps = self.dist.first_bad_steps(self._bad_steps)
+            terms = self.dist.mean_terms(terms)
+            self.dist.check_in_sync(self.model, self.step)
         self._check_finite()
+        if not self.main:
+            return
         record = {}
         for k, v in terms.items():
             if not isinstance(v, torch.Tensor):
@@ -373,10 +423,17 @@ def train(preset_or_config="quickstart", *, overrides=None, resume: bool = False
         over["train.out"] = str(base_dir)
         over.pop("train.epochs", None)
     cfg = resolve(preset_or_config, over)
+    ctx = distributed.from_env()
     if cfg.train.folds:
+        if ctx.active:
+            raise VaelabError("k-fold cross-validation (train.folds) does not run under torchrun; "
+                              "run it in one process")
         from .folds import run_folds
 
         return run_folds(cfg, quiet=quiet, resume=resume)
-    trainer = Trainer(cfg, resume=resume, quiet=quiet)
-    path = trainer.fit()
+    trainer = Trainer(cfg, resume=resume, quiet=quiet, dist=ctx)
+    try:
+        path = trainer.fit()
+    finally:
+        trainer.close()
     return load_run(path)
