@@ -100,3 +100,35 @@ def test_make_grid_and_save_png(tmp_path):
     assert Image.open(tmp_path / "grey.png").mode == "L"
     with pytest.raises(VaelabError):
         make_grid(np.zeros((2, 3, 4, 4), np.float32))
+
+
+def test_concurrent_builds_of_one_entry_take_turns(tmp_path):
+    """Two processes (here threads, each with its own lock file handle) need the same cache entry:
+    the first builds it, the second waits and opens it instead of building it again."""
+    import threading
+
+    from vaelab.data.prepare import build_entry
+
+    entry = tmp_path / "cache" / "x-0123"
+    calls = []
+
+    def slow_fill(out):
+        calls.append("first")
+        time.sleep(0.5)
+        out[:] = 7
+
+    def must_not_run(out):
+        calls.append("second")
+        out[:] = 9
+
+    results = {}
+    t = threading.Thread(target=lambda: results.setdefault("a", build_entry(entry, (4, 1, 2, 2), slow_fill, {"key": 1})))
+    t.start()
+    time.sleep(0.15)  # the first holds the lock by now
+    results["b"] = build_entry(entry, (4, 1, 2, 2), must_not_run, {"key": 1})
+    t.join()
+    assert calls == ["first"]
+    assert (np.asarray(results["b"][0]) == 7).all() and results["b"][1]["key"] == 1
+    # an entry that was already there is rebuilt when the caller asks (stale or forced)
+    images, _ = build_entry(entry, (4, 1, 2, 2), must_not_run, {"key": 1})
+    assert calls == ["first", "second"] and (np.asarray(images) == 9).all()

@@ -23,6 +23,15 @@ COUNTS = [
     ("near32_conv", (1, 64, 64), 10, {"depth": 3, "width": 32}, 19_062_900, 764_865, 19_827_765),
     ("xys256", (3, 256, 256), 10, {}, 4_629_428, 3_247_427, 7_876_855),
     ("antixk64", (1, 64, 64), 6, {}, 739_244, 734_465, 1_473_709),
+    # burgess64_keras (SPEC §2.1, seed 001), counted by hand (BN = 2 params per channel, no running stats):
+    # enc  conv1 16C·32+32 = 512C+32, BN 64; 3 × (16·32·32+32 = 16,416 + BN 64) = 49,440;
+    #      Lin(512→256) 131,328 + BN 512; Lin(256→256) 65,792 + BN 512; Lin(256→2D) 514D;
+    #      heads 2 × (2D·D + D) = 4D² + 2D   -> 512C + 247,680 + 516D + 4D²  (C1 D10: 253,752)
+    # dec  Lin(D→256) 256D+256 + BN 512; Lin(256→256) 65,792 + BN 512; Lin(256→512) 131,584 + BN 1,024;
+    #      ConvT(512→32,4) 262,176 + BN 64; 3 × (16,416 + BN 64) = 49,440; ConvT(32→C,4) 513C
+    #      -> 256D + 511,360 + 513C  (C1 D10: 514,433)
+    ("burgess64_keras", (1, 64, 64), 10, {}, 253_752, 514_433, 768_185),
+    ("burgess64_keras", (3, 64, 64), 10, {}, 254_776, 515_459, 770_235),
 ]
 
 
@@ -56,6 +65,8 @@ def test_disc_counts_and_init():
 SHAPES = [
     ("burgess64", (1, 64, 64), {}),
     ("burgess", (3, 64, 64), {}),
+    ("burgess64_keras", (1, 64, 64), {}),
+    ("burgess64_keras", (3, 64, 64), {}),
     ("fvae64", (3, 64, 64), {}),
     ("factorvae-conv", (1, 64, 64), {"features": 16}),
     ("dlib_conv", (3, 64, 64), {}),
@@ -98,7 +109,7 @@ def test_near32_computes_flatten_and_last_kernel():
     assert slopes == {0.05}
 
 
-@pytest.mark.parametrize("name", ["burgess64", "fvae64", "dlib_conv", "antixk64", "ugvae_conv64"])
+@pytest.mark.parametrize("name", ["burgess64", "burgess64_keras", "fvae64", "dlib_conv", "antixk64", "ugvae_conv64"])
 def test_64_only_nets_reject_other_sizes(name):
     with pytest.raises(VaelabError) as e:
         build_net(name, (1, 28, 28), 10)
@@ -145,3 +156,57 @@ def test_initialisation():
     assert isinstance(convt, torch.nn.ConvTranspose2d)
     bound = math.sqrt(6 / (2 * 16 * 64))
     assert convt.weight.abs().max().item() <= bound and convt.bias.detach().abs().max().item() == 0.0
+
+
+def test_burgess64_keras_layers_and_modes():
+    """Seed 001's Keras variant: BN after every conv / hidden dense, Dense(2D) before the heads, 1×1×512 ->
+    "valid" ConvT to 4×4, input shifted by −0.5, no squashing on the output (the likelihood's sigmoid)."""
+    torch.manual_seed(0)
+    enc, dec = build_net("burgess64_keras", (1, 64, 64), 10)
+    bn2 = [m for m in (*enc.modules(), *dec.modules()) if isinstance(m, torch.nn.BatchNorm2d)]
+    bn1 = [m for m in (*enc.modules(), *dec.modules()) if isinstance(m, torch.nn.BatchNorm1d)]
+    assert len(bn2) == 4 + 4 and len(bn1) == 2 + 3  # 4 convs, 4 ConvT; 2 encoder + 3 decoder denses
+    assert all(m.eps == 1e-3 and m.momentum == 0.01 for m in bn1 + bn2)  # Keras defaults
+    lin = [m for m in enc.trunk if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in lin] == [(512, 256), (256, 256), (256, 20)]
+    assert enc.mu.in_features == 20 and enc.logvar.in_features == 20 and enc.mu.out_features == 10
+    first_t = next(m for m in dec if isinstance(m, torch.nn.ConvTranspose2d))
+    assert first_t.in_channels == 512 and first_t.padding == (0, 0)
+    assert not isinstance(list(dec)[-1], (torch.nn.Tanh, torch.nn.Sigmoid))
+    # Glorot-uniform (Keras default) on Lin(512→256), zero bias
+    bound = math.sqrt(6 / (512 + 256))
+    assert lin[0].weight.abs().max().item() <= bound and lin[0].bias.detach().abs().max().item() == 0.0
+    # the −0.5 shift: a grey image (0.5) reaches the first conv as zeros, so its output is the (zero) bias
+    x = torch.full((2, 1, 64, 64), 0.5)
+    assert enc.trunk[1](enc.trunk[0](x)).abs().max().item() == 0.0
+    # train mode uses batch statistics, eval mode the running ones: different outputs for the same batch
+    x = torch.rand(8, 1, 64, 64)
+    enc.train()
+    h_train = enc(x)
+    enc.eval()
+    with torch.no_grad():
+        h_eval, h_eval1 = enc(x), enc(x[:1])
+    assert not torch.allclose(h_train, h_eval)
+    torch.testing.assert_close(h_eval[:1], h_eval1)  # eval: an image's code does not depend on its batch
+
+
+@pytest.mark.parametrize("objective", ["betavae", "annealedvae"])
+def test_burgess64_keras_trains_in_a_model(objective):
+    from vaelab.models import build_model
+
+    torch.manual_seed(0)
+    m = build_model({"objective": objective, "net": "burgess64_keras", "latent_dim": 6,
+                     "likelihood": "gaussian", "variance": 0.5}, (3, 64, 64), 100)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    x = torch.rand(4, 3, 64, 64)
+    m.train()
+    terms = m.update(x, 0, {"vae": opt})
+    assert torch.isfinite(terms["loss"]) and terms["kl_per_dim"].shape == (6,)
+    bn = next(b for b in m.encoder.modules() if isinstance(b, torch.nn.BatchNorm2d))
+    assert bn.num_batches_tracked.item() == 1 and bn.running_mean.abs().sum().item() > 0
+    grads = [p.grad for p in m.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    m.eval()
+    with torch.no_grad():
+        mean = m.reconstruct(x)
+    assert mean.shape == x.shape and mean.min().item() >= 0 and mean.max().item() <= 1

@@ -173,8 +173,11 @@ def _data_overrides(preset, shared_data, tmp_path):
         folder = tmp_path / "folder"
         folder.mkdir()
         rng = np.random.default_rng(0)
+        rows = ["file,gaze_x,reye_xmin,reye_ymin,reye_xmax,reye_ymax,leye_xmin,leye_ymin,leye_xmax,leye_ymax"]
         for i in range(40):
             Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+            rows.append(f"{i:03d}.png,{i % 4},20,40,52,60,76,40,108,60")  # eye boxes at 2x (XYS stack)
+        (folder / "labels.csv").write_text("\n".join(rows) + "\n")
         return ["data.name=image-folder", f"data.root={folder}"]
     # celeba, chairs, mixtures: the 100 real CelebA faces (RGB 64x64)
     return ["data.name=celeba", f"data.root={shared_data / 'celeba'}", "data.options={}"]

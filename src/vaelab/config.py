@@ -42,7 +42,7 @@ class DataConfig:
     size: int = 0  # image side; 0 = the dataset's default
     val_fraction: float = 0.0  # held-out fraction of the training split (deterministic, by train.seed)
     sampling: str = "epoch_permutation"  # SPEC 1.5: "epoch_permutation" (default) or "iid" (dlib)
-    options: dict = field(default_factory=dict)  # loader options (e.g. preprocessing = "center_crop_148")
+    options: dict = field(default_factory=dict)  # loader options (e.g. preprocess = "center_crop_148")
 
     def validate(self):
         if self.sampling not in SAMPLING_MODES:

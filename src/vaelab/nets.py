@@ -128,6 +128,82 @@ def burgess64(image_shape, latent_dim: int):
     return enc, dec
 
 
+class _Shift(nn.Module):
+    """Adds a constant to the input (seed 001 feeds its nets x − 0.5)."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = float(value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.value
+
+    def extra_repr(self) -> str:
+        return f"value={self.value}"
+
+
+def _bn2d(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)  # Keras BatchNormalization defaults (eps 1e-3, momentum 0.99)
+
+
+def _bn1d(c: int) -> nn.BatchNorm1d:
+    return nn.BatchNorm1d(c, eps=1e-3, momentum=0.01)  # Keras defaults, as _bn2d
+
+
+def burgess64_keras(image_shape, latent_dim: int):
+    """Seed 001's Keras variant of burgess64 (Knight13/beta-VAE-disentanglement ``src/models/encoder.py``
+    DeepMindEncoder, ``src/models/decoder.py`` DeepMindDecoder). 768,185 params at C1 D10.
+
+    * Encoder: x − 0.5 (the seed's ``pre_process(action="simple")``) → 4 × [Conv(→32,4,2,1) BN ReLU] (Keras
+      "same" = pad 1 here) → flatten 512 → 2 × [Lin(→256) BN ReLU] → Lin(256→2D) linear → heads Lin(2D→D) μ,
+      Lin(2D→D) ln σ².
+    * Decoder: 2 × [Lin(→256) BN ReLU] → Lin(256→512) ReLU BN (the seed's order: activation, then BN) →
+      512×1×1 → ConvT(512→32,4,2,0) BN ReLU (Keras "valid": 1 → 4) → 3 × [ConvT(32→32,4,2,1) BN ReLU] →
+      ConvT(32→C,4,2,1) → ``o``.
+
+    Output: the seed ends in tanh and regresses x − 0.5 ∈ [−0.5, 0.5]. Here the decoder returns the last
+    layer's pre-activation ``o`` and the likelihood takes the mean as sigmoid(o) = ½ + ½·tanh(o/2)
+    (SPEC §1.2): the same tanh output, shifted by ½ and scaled to the data range [0, 1] (the factor ½ on
+    ``o`` is absorbed by the last layer's weights). The one difference: the seed's tanh spans
+    (−1, 1), twice its data range, so its mean can overshoot (it clips before saving images); here the
+    mean stays in [0, 1]. The seed's per-pixel mean MSE is not convertible (SPEC §1.3): use
+    ``likelihood = "gaussian"`` (σ² ½ = sum of squared errors), as the seed-001 presets do.
+
+    BatchNorm: Keras defaults (ε 1e-3, momentum 0.99 = PyTorch momentum 0.01); batch statistics in
+    ``train()`` mode, running statistics in ``eval()`` mode (validation, encoding, traversals).
+    Init: Keras defaults, Glorot-uniform kernels and zero biases on every Dense / Conv / ConvT.
+    """
+    c, _, _ = _check_shape("burgess64_keras", image_shape)
+    d = latent_dim
+    trunk: list[nn.Module] = [_Shift(-0.5)]
+    a = c
+    for _ in range(4):  # 64 -> 32 -> 16 -> 8 -> 4
+        trunk += [nn.Conv2d(a, 32, 4, 2, 1), _bn2d(32), nn.ReLU()]
+        a = 32
+    trunk += [
+        nn.Flatten(),  # 32×4×4 = 512 (CHW order; Keras flattens HWC, which matters only for weight import)
+        nn.Linear(512, 256), _bn1d(256), nn.ReLU(),
+        nn.Linear(256, 256), _bn1d(256), nn.ReLU(),
+        nn.Linear(256, 2 * d),  # the seed's extra linear Dense(2D) before the two heads
+    ]
+    enc = _Heads(nn.Sequential(*trunk), 2 * d, d)
+    dec: list[nn.Module] = [
+        nn.Linear(d, 256), _bn1d(256), nn.ReLU(),
+        nn.Linear(256, 256), _bn1d(256), nn.ReLU(),
+        nn.Linear(256, 512), nn.ReLU(), _bn1d(512),
+        _View(512, 1, 1),
+        nn.ConvTranspose2d(512, 32, 4, 2, 0), _bn2d(32), nn.ReLU(),  # "valid": 1×1 -> 4×4
+    ]
+    for _ in range(3):  # 8, 16, 32
+        dec += [nn.ConvTranspose2d(32, 32, 4, 2, 1), _bn2d(32), nn.ReLU()]
+    dec.append(nn.ConvTranspose2d(32, c, 4, 2, 1))  # 64; the seed's tanh is the likelihood's sigmoid here
+    dec_net = nn.Sequential(*dec)
+    layers = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+    _init(enc, "glorot", layers)  # Keras defaults: glorot_uniform kernels, zero biases
+    _init(dec_net, "glorot", layers)
+    return enc, dec_net
+
+
 # --------------------------------------------------------------------------- §2.2 fvae64
 
 
@@ -395,6 +471,7 @@ def antixk64(image_shape, latent_dim: int):
 
 NETS: dict[str, Callable] = {
     "burgess64": burgess64,
+    "burgess64_keras": burgess64_keras,
     "fvae64": fvae64,
     "dlib_conv": dlib_conv,
     "higgins_mlp": higgins_mlp,

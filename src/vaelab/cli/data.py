@@ -72,6 +72,11 @@ def _load_args(p, root: bool = True) -> None:
                    help="image sets: squash-resize (default) or CelebA's centre 148 crop then resize")
     p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="image sets: 1 grey or 3 RGB")
     p.add_argument("--csv", default=None, help="image-folder: CSV of factors (file + one column per factor)")
+    p.add_argument("--stack", default=None, metavar="RULE",
+                   help="image-folder: channels from crops, e.g. full,reye,leye (entries NAME[:grey|rgb]; "
+                        "NAME = full or a box with CSV columns NAME_xmin, NAME_ymin, NAME_xmax, NAME_ymax)")
+    p.add_argument("--box-scale", type=float, default=None, metavar="S",
+                   help="image-folder: box values are pixels times S (XYS: 2; default 1)")
     p.add_argument("--root-a", default=None, help="mixtures: data of the first domain")
     p.add_argument("--root-b", default=None, help="mixtures: data of the second domain")
     _quiet(p)
@@ -97,7 +102,8 @@ def _session(args):
 def _options(args, loader) -> dict:
     """The loader options the user gave (refusing those this dataset does not take)."""
     given = {k: getattr(args, a) for k, a in (("preprocess", "preprocess"), ("channels", "channels"),
-                                               ("csv", "csv"), ("root_a", "root_a"), ("root_b", "root_b"))
+                                               ("csv", "csv"), ("stack", "stack"), ("box_scale", "box_scale"),
+                                               ("root_a", "root_a"), ("root_b", "root_b"))
              if getattr(args, a, None) is not None}
     if getattr(args, "force", False):
         given["force"] = True
@@ -225,6 +231,8 @@ def cmd_prepare(args) -> int:
         dt = time.perf_counter() - t0
         c, h, w = ds.image_shape
         print(f"prepared {ds.name}: {len(ds):,} images, {c} x {h} x {w} uint8 from {ds.source} in {dt:.1f} s")
+        if ds.meta.get("stack"):
+            print(f"channels: {ds.meta['stack']} (box_scale {ds.meta['box_scale']:g})")
         if ds.meta.get("cache"):
             print(f"cache: {ds.meta['cache']} (images.npy + manifest.json)")
         else:

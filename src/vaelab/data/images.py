@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from .. import paths
-from ..errors import VaelabError
+from ..errors import VaelabError, closest
 from .base import FactorDataset
-from .prepare import (ImageSource, build_entry, cache_entry, check_size, open_entry, prepare_images,
-                      progress, read_manifest, sha256_names, transform_image, warn_once)
+from .prepare import (FULL, IMAGE_EXTENSIONS, Crops, ImageSource, StackRule, build_entry, cache_entry, check_size,
+                      open_entry, prepare_images, progress, read_manifest, sha256_names, transform_image, warn_once)
 from .registry import DatasetSpec, missing_data, register
 
 DEFAULT_SIZE = 64  # 64 x 64: 1Konny/Beta-VAE, ipeis/UG-VAE, dlib (SPEC 6)
@@ -440,11 +440,14 @@ def load_cars(root: Path | None = None, split: str = "train", size: int | None =
 
 
 # ============================================================================================ folders
-def _plain(src: ImageSource, name: str, size: int, channels: int, preprocess: str, force: bool) -> FactorDataset:
+def _plain(src: ImageSource, name: str, size: int, channels: int, preprocess: str, force: bool,
+           crops: Crops | None = None) -> FactorDataset:
     prepared = prepare_images(src, size=size, channels=channels, preprocess=preprocess,
-                              label=f"{name}-{src.path.stem}", force=force)
-    return FactorDataset(images=torch.from_numpy(prepared.images), name=name, source=str(src.path),
-                         meta={"cache": str(prepared.entry), "files": prepared.names})
+                              label=f"{name}-{src.path.stem}", force=force, crops=crops)
+    meta = {"cache": str(prepared.entry), "files": prepared.names}
+    if crops is not None:
+        meta.update(stack=str(crops.rule), box_scale=float(crops.scale))
+    return FactorDataset(images=torch.from_numpy(prepared.images), name=name, source=str(src.path), meta=meta)
 
 
 def faces_locate(data_dir: Path) -> Path | None:
@@ -543,8 +546,77 @@ def encode_factor(raw: list[str]):
         "categorical", labels
 
 
+BOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")  # VOC bndbox names, as in seed 002's XYS annotations
+_BOX_COLUMN = re.compile(r"^(.+)_(xmin|ymin|xmax|ymax)$")
+
+
+def split_box_columns(columns) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """({box name: {field: column}}, the other columns). ``NAME_xmin``, ``NAME_ymin``, ``NAME_xmax``,
+    ``NAME_ymax`` are the corners of box NAME; such columns are never factors."""
+    boxes: dict[str, dict[str, str]] = {}
+    rest = []
+    for c in columns:
+        m = _BOX_COLUMN.match(c)
+        if m:
+            boxes.setdefault(m.group(1), {})[m.group(2)] = c
+        else:
+            rest.append(c)
+    return boxes, rest
+
+
+def read_boxes(csv_path: Path, raw: dict[str, list[str]], boxes: dict[str, dict[str, str]], names: list[str],
+               rows: np.ndarray, files: list[str]) -> np.ndarray:
+    """``len(rows) x len(names) x 4`` float64 (xmin, ymin, xmax, ymax) of the named boxes, CSV rows ``rows``."""
+    out = np.zeros((len(rows), len(names), 4), dtype=np.float64)
+    for j, name in enumerate(names):
+        if name not in boxes:
+            have = ", ".join(sorted(boxes)) or "none"
+            raise VaelabError(f"stack uses box {name!r}{closest(name, list(boxes) + [FULL])} but {csv_path} has "
+                              f"no {name}_xmin/_ymin/_xmax/_ymax columns (its boxes: {have}; '{FULL}' = whole image)")
+        missing = [f"{name}_{f}" for f in BOX_FIELDS if f not in boxes[name]]
+        if missing:
+            raise VaelabError(f"{csv_path}: box {name!r} needs columns {', '.join(f'{name}_{f}' for f in BOX_FIELDS)}; "
+                              f"missing {', '.join(missing)}")
+        for k, f in enumerate(BOX_FIELDS):
+            col = raw[boxes[name][f]]
+            for i, r in enumerate(rows):
+                try:
+                    v = float(col[r])
+                except ValueError:
+                    v = float("nan")
+                if not np.isfinite(v):
+                    raise VaelabError(f"{csv_path}: {name}_{f} of {files[r]} is {col[r]!r}, not a finite number")
+                out[i, j, k] = v
+        bad = (out[:, j, 2] <= out[:, j, 0]) | (out[:, j, 3] <= out[:, j, 1])
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            x0, y0, x1, y1 = out[i, j]
+            raise VaelabError(f"{csv_path}: box {name!r} of {files[rows[i]]} is empty (xmin {x0:g}, ymin {y0:g}, "
+                              f"xmax {x1:g}, ymax {y1:g}); xmax must exceed xmin and ymax exceed ymin")
+    return out
+
+
+def _stack_rule(stack, channels, box_scale, preprocess) -> tuple[StackRule | None, int, float]:
+    """(rule or None, channels, box scale), checked."""
+    if isinstance(box_scale, bool) or not isinstance(box_scale, (int, float)) or not (
+            box_scale > 0 and np.isfinite(box_scale)):
+        raise VaelabError(f"box_scale must be a positive number, got {box_scale!r}")
+    if stack is None or stack == "" or stack == []:
+        if box_scale != 1:
+            raise VaelabError("box_scale applies only to a stack rule; give stack too (e.g. stack='full,reye,leye')")
+        return None, 3 if channels is None else int(channels), 1.0
+    rule = StackRule.parse(stack)
+    if channels is not None and int(channels) != rule.channels:
+        raise VaelabError(f"stack {str(rule)!r} gives {rule.channels} channel(s) but channels = {channels}; "
+                          f"leave channels out (the stack sets it)")
+    if preprocess != "resize":
+        raise VaelabError(f"a stack rule crops its own boxes: use preprocess 'resize', not {preprocess!r}")
+    return rule, rule.channels, float(box_scale)
+
+
 def load_image_folder(root: Path | None = None, split: str = "train", size: int | None = None, *,
-                      csv: str | Path | bool | None = None, channels: int = 3, preprocess: str = "resize",
+                      csv: str | Path | bool | None = None, channels: int | None = None, preprocess: str = "resize",
+                      stack: str | list[str] | None = None, box_scale: float = 1.0,
                       force: bool = False) -> FactorDataset:
     """Any folder, zip or tar of images, with factors from an optional CSV (column ``file`` with the path
     relative to the folder, then one column per factor; found automatically as factors.csv,
@@ -553,7 +625,16 @@ def load_image_folder(root: Path | None = None, split: str = "train", size: int 
     Each factor is discrete (class indices from sorted unique values; ``factor_values`` holds the
     values, or 0..k-1 with the labels in ``meta["factor_labels"]`` for text) or, numeric with more than
     20 distinct values, binned into 20 equal-width bins (``factor_values`` = bin centres, the raw
-    values per image in ``meta["continuous_values"]``). Not a grid."""
+    values per image in ``meta["continuous_values"]``). Not a grid. A file name without an image
+    extension (seed 002's XYS annotations) matches the one image with that name plus an extension.
+
+    Crop boxes and stacked channels (SPEC 6; seed 002's XYS): CSV columns ``NAME_xmin, NAME_ymin,
+    NAME_xmax, NAME_ymax`` give box NAME of each image (never factors), in pixels times ``box_scale``
+    (XYS: 2, boxes at twice the image resolution). ``stack`` builds the channels from the whole image
+    (``full``) and named boxes, each ``grey`` (default, 1 channel) or ``rgb`` (3), resized to
+    ``size x size`` and concatenated: XYS is ``stack="full,reye,leye"``, ``box_scale=2`` (3 channels:
+    grey image, right eye, left eye). The stack sets ``channels`` (1 or 3 in all). The rule, scale and
+    boxes are part of the cache key; ``meta["boxes"]`` holds the boxes used (box units)."""
     _whole_set("image-folder", split)
     if root is None:
         raise VaelabError("image-folder needs the folder: pass root=PATH (--root PATH)")
@@ -561,20 +642,38 @@ def load_image_folder(root: Path | None = None, split: str = "train", size: int 
     if not base.exists():
         raise VaelabError(f"image-folder: {base} does not exist")
     size = check_size(size, DEFAULT_SIZE)
+    rule, channels, box_scale = _stack_rule(stack, channels, box_scale, preprocess)
     csv_path = _find_csv(base, csv)
     src = ImageSource.open(base, ignore={csv_path.name} if csv_path else ())
     if csv_path is None:
-        return _plain(src, "image-folder", size, channels, preprocess, force)
+        crops = None
+        if rule is not None:
+            if rule.box_names:
+                raise VaelabError(f"stack {str(rule)!r} needs boxes ({', '.join(rule.box_names)}) but no CSV is used "
+                                  f"for {base} (none found, or csv=False): give one with a 'file' column and "
+                                  f"NAME_xmin, NAME_ymin, NAME_xmax, NAME_ymax columns per box (csv=PATH, --csv PATH)")
+            crops = Crops(rule, np.zeros((len(src.names), 0, 4)), box_scale)
+        return _plain(src, "image-folder", size, channels, preprocess, force, crops)
     files, raw = read_factor_csv(csv_path)
+    box_columns, factor_columns = split_box_columns(raw)
     present = set(src.names)
     by_base: dict[str, list[str]] = {}
+    by_stem: dict[str, list[str]] = {}  # path without its extension; base name without its extension
+    by_base_stem: dict[str, list[str]] = {}
     for n in src.names:
         by_base.setdefault(PurePosixPath(n).name, []).append(n)
+        stem = n[:n.rfind(".")]
+        by_stem.setdefault(stem, []).append(n)
+        by_base_stem.setdefault(stem.rsplit("/", 1)[-1], []).append(n)
 
     def match(f):
         f = f.replace("\\", "/").lstrip("./") if f.startswith("./") else f.replace("\\", "/")
         if f in present:
             return f
+        if PurePosixPath(f).suffix.lower() not in IMAGE_EXTENSIONS:  # XYS: names without ".png"
+            cands = by_stem.get(f) or by_base_stem.get(PurePosixPath(f).name, [])
+            if len(cands) == 1:
+                return cands[0]
         cands = by_base.get(PurePosixPath(f).name, [])
         return cands[0] if len(cands) == 1 else None
 
@@ -591,10 +690,18 @@ def load_image_folder(root: Path | None = None, split: str = "train", size: int 
         warn_once(f"image-folder: {len(src.names) - len(order):,} image(s) in {base} have no row in "
                   f"{csv_path}; left out")
     names_order = [o[0] for o in order]
+    dup = next((a for a, b in zip(names_order, names_order[1:]) if a == b), None)
+    if dup is not None:
+        raise VaelabError(f"image-folder: two rows of {csv_path} name the same image {dup}; keep one")
     row_idx = np.array([o[1] for o in order], dtype=np.int64)
     fnames, fsizes, fvalues, columns = [], [], [], []
     labels, continuous, kinds, dropped = {}, {}, {}, []
-    for col, vals in raw.items():
+    crops = None
+    if rule is not None:
+        boxes = read_boxes(csv_path, raw, box_columns, rule.box_names, row_idx, files)
+        crops = Crops(rule, boxes, box_scale)
+    for col in factor_columns:
+        vals = raw[col]
         cls, values, kind, extra = encode_factor([vals[i] for i in row_idx])
         if len(values) < 2:
             dropped.append(col)
@@ -613,11 +720,16 @@ def load_image_folder(root: Path | None = None, split: str = "train", size: int 
            "csv": str(csv_path), "table": table}
     prepared = prepare_images(src, size=size, channels=channels, preprocess=preprocess, order=names_order,
                               order_tag=f"csv:{csv_path.resolve()}", label=f"folder-{base.stem}", factors=fac,
-                              force=force)
+                              force=force, crops=crops)
     meta = {"cache": str(prepared.entry), "files": names_order, "csv": str(csv_path), "factor_kinds": kinds,
             "factor_labels": labels, "continuous_values": continuous}
     if dropped:
         meta["constant_columns"] = dropped
+    if box_columns:
+        meta["box_columns"] = sorted(c for cols in box_columns.values() for c in cols.values())
+    if crops is not None:
+        meta.update(stack=str(rule), box_scale=box_scale,
+                    boxes={n: crops.boxes[:, j].copy() for j, n in enumerate(rule.box_names)})
     kw = {}
     if table is not None:
         kw = dict(factors=torch.from_numpy(np.ascontiguousarray(table)), factor_names=fnames, factor_sizes=fsizes,
@@ -676,7 +788,8 @@ register(DatasetSpec(
 register(DatasetSpec(
     name="image-folder",
     loader=load_image_folder,
-    description="any folder/zip/tar of images, factors from an optional CSV (file + one column per factor)",
+    description="any folder/zip/tar of images, factors from an optional CSV (file + one column per factor); "
+                "optional crop boxes and a stack rule (XYS)",
     image_shape=(3, 64, 64),
     fetch_command="pass --root PATH",
     source="user-supplied",

@@ -8,8 +8,9 @@ zero-copy, writable for torch, never written back). ``vaelab data prepare`` does
 ``vaelab.data.load`` prepares on first use (with a progress bar) and reuses the cache afterwards.
 
 A cache entry is keyed by the source path, its preprocessing (size, crop, channels, resampling
-filter, order) and, for a single-file source (zip, tar, npz, h5), the file's size and mtime. For a
-folder the sorted file list is compared with the manifest's on every open (one directory walk).
+filter, order; a stack rule with its box scale and boxes) and, for a single-file source (zip, tar,
+npz, h5), the file's size and mtime. For a folder the sorted file list is compared with the
+manifest's on every open (one directory walk).
 Everything is written atomically (temporary file + fsync + ``os.replace``); the manifest is written
 last, so a half-written entry is never used.
 """
@@ -217,14 +218,29 @@ def build_entry(entry: Path, shape, fill: Callable[[np.ndarray], dict | None], m
     including ``"arrays"``: name -> array saved beside it), then the manifest. Returns (images, manifest).
 
     Processes that need the same entry at once (torchrun ranks, a sweep's workers) take turns on a
-    lock file beside it: the first builds, the others find the finished entry and open it."""
+    lock file beside it: the first builds; one that waited finds the entry another process finished
+    meanwhile (same manifest fields) and opens it. An entry that was already there is rebuilt, as the
+    caller asked (stale, or forced)."""
     entry.mkdir(parents=True, exist_ok=True)
+    before = _manifest_stamp(entry)
     with _entry_lock(entry):
-        done = read_manifest(entry)
-        images = open_entry(entry, done) if done is not None else None
-        if images is not None:
-            return images, done
+        after = _manifest_stamp(entry)
+        if after is not None and after != before:  # finished by another process while we waited
+            done = read_manifest(entry)
+            wanted = json.loads(json.dumps(manifest, default=_json_default))
+            if done is not None and all(done.get(k) == v for k, v in wanted.items()):
+                images = open_entry(entry, done)
+                if images is not None:
+                    return images, done
         return _build_entry_locked(entry, shape, fill, manifest, arrays)
+
+
+def _manifest_stamp(entry: Path):
+    try:
+        st = (entry / "manifest.json").stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_ino, st.st_size
 
 
 @contextlib.contextmanager
@@ -485,15 +501,23 @@ def decode_workers() -> int:
 
 
 def decode_into(source: ImageSource, order: list[str], out: np.ndarray, *, size: int, channels: int,
-                preprocess: str, resample: str, desc: str) -> None:
+                preprocess: str, resample: str, desc: str, crops: Crops | None = None) -> int:
     """Decode ``order`` (names) from ``source`` into ``out[i]`` (Pillow releases the GIL while
-    decoding and resizing, so a thread pool uses every core)."""
+    decoding and resizing, so a thread pool uses every core). With ``crops``, each image is built by
+    its stack rule from its own boxes; returns the number of boxes clipped to their image."""
     pos = {n: i for i, n in enumerate(order)}
     workers = decode_workers()
     window = 64 * workers
     kw = dict(size=size, channels=channels, preprocess=preprocess, resample=resample)
+    clipped = []
 
     def job(name, data):
+        if crops is not None:
+            img, n = decode_stacked(data, rule=crops.rule, boxes=crops.boxes[pos[name]], scale=crops.scale,
+                                    size=size, resample=resample, where=source.describe(name))
+            if n:
+                clipped.append(n)
+            return img
         return decode_image(data, where=source.describe(name), **kw)
 
     done = 0
@@ -521,6 +545,120 @@ def decode_into(source: ImageSource, order: list[str], out: np.ndarray, *, size:
         missing = len(order) - done
         raise VaelabError(f"{source.path}: {missing} image(s) listed but not readable; the source may be "
                           f"truncated")
+    return sum(clipped)
+
+
+# ---------------------------------------------------------------------------------------- stacked crops
+FULL = "full"  # the stack entry for the whole image (not a box name)
+STACK_MODES = {"grey": 1, "gray": 1, "rgb": 3}
+
+
+@dataclass(frozen=True)
+class StackRule:
+    """Channels built from named crops (SPEC 6, seed 002's XYS stacking): each entry is the whole image
+    (``full``) or a named box, in ``grey`` (1 channel) or ``rgb`` (3), cropped, resized to the target
+    size, and the channels concatenated in entry order. XYS: ``full,reye,leye`` (three grey channels)."""
+
+    entries: tuple[tuple[str, str], ...]  # (name, "grey" | "rgb")
+
+    @classmethod
+    def parse(cls, rule) -> "StackRule":
+        """``"full,reye,leye"``, ``"full:grey, face:rgb"`` or a list of such entries (mode default grey)."""
+        if isinstance(rule, StackRule):
+            return rule
+        if isinstance(rule, str):
+            parts = rule.split(",")
+        elif isinstance(rule, (list, tuple)) and all(isinstance(p, str) for p in rule):
+            parts = list(rule)
+        else:
+            raise VaelabError(f"stack must be a string like 'full,reye,leye' or a list of entries, got {rule!r}")
+        entries = []
+        for part in parts:
+            name, _, mode = part.strip().partition(":")
+            name, mode = name.strip(), (mode.strip().lower() or "grey")
+            if not name:
+                raise VaelabError(f"stack {rule!r}: empty entry; write entries as NAME or NAME:grey|rgb, "
+                                  f"separated by commas (e.g. 'full,reye,leye')")
+            if mode not in STACK_MODES:
+                raise VaelabError(f"stack entry {part.strip()!r}: mode must be grey or rgb, got {mode!r}")
+            entries.append((name, "rgb" if mode == "rgb" else "grey"))
+        out = cls(tuple(entries))
+        if out.channels not in (1, 3):
+            raise VaelabError(f"stack {str(out)!r} gives {out.channels} channels; it must give 1 or 3 "
+                              f"(e.g. three grey entries, or one rgb entry) so images can be shown and saved")
+        return out
+
+    @property
+    def channels(self) -> int:
+        return sum(STACK_MODES[m] for _, m in self.entries)
+
+    @property
+    def box_names(self) -> list[str]:
+        """Box names the rule uses, first-use order, without ``full``."""
+        out: list[str] = []
+        for n, _ in self.entries:
+            if n != FULL and n not in out:
+                out.append(n)
+        return out
+
+    def __str__(self) -> str:  # canonical text (cache keys, manifests, meta)
+        return ",".join(f"{n}:{m}" for n, m in self.entries)
+
+
+@dataclass
+class Crops:
+    """A stack rule with its boxes: ``boxes[i, j]`` = (xmin, ymin, xmax, ymax) of ``rule.box_names[j]`` for
+    the i-th image of the prepared order, in box units; pixel = value / ``scale`` (XYS: 2, its boxes are
+    given at twice the image resolution)."""
+
+    rule: StackRule
+    boxes: np.ndarray  # N x B x 4 float64 (B = len(rule.box_names), may be 0)
+    scale: float = 1.0
+
+    def key(self) -> dict:
+        b = np.ascontiguousarray(self.boxes, dtype=np.float64)
+        return {"stack": str(self.rule), "box_scale": float(self.scale), "box_names": self.rule.box_names,
+                "boxes_sha256": hashlib.sha256(b.tobytes()).hexdigest()}
+
+
+def decode_stacked(data: bytes, *, rule: StackRule, boxes: np.ndarray, scale: float = 1.0, size: int,
+                   resample: str = "bilinear", where: str = "image") -> tuple[np.ndarray, int]:
+    """Image bytes -> (``C x size x size`` uint8 built by ``rule``, number of boxes clipped to the image).
+
+    A box (in box units, divided by ``scale``) covers pixels ``floor(xmin/scale) .. floor(xmax/scale) - 1``
+    (seed 002's ``int(v / scalar)`` slicing); a box reaching past the border is clipped to the image (as
+    seed 002's datasetXYS.py does); a box with nothing inside the image is an error. Each crop is resized
+    straight to ``size`` (seed 002 resized crops to the image size, then the stack: two bilinear steps)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            modes = {m for _, m in rule.entries}
+            base = {m: _to_mode(im, STACK_MODES[m]) for m in modes}
+    except VaelabError:
+        raise
+    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
+        raise VaelabError(f"cannot read image {where}: {e}") from None
+    w, h = next(iter(base.values())).size
+    names = rule.box_names
+    chans, clipped, done = [], 0, {}
+    for name, mode in rule.entries:
+        img = base[mode]
+        if name != FULL:
+            if name not in done:
+                x0, y0, x1, y1 = (float(v) / scale for v in boxes[names.index(name)])
+                c = (int(min(max(0.0, x0), w)), int(min(max(0.0, y0), h)),
+                     int(min(max(0.0, x1), w)), int(min(max(0.0, y1), h)))
+                if c[2] <= c[0] or c[3] <= c[1]:
+                    raise VaelabError(
+                        f"box {name!r} of {where} is outside the {w}x{h} image: pixels ({x0:g}, {y0:g}) to "
+                        f"({x1:g}, {y1:g}) = box values / box_scale {scale:g}; fix the box or box_scale")
+                clipped += int(x0 < 0 or y0 < 0 or x1 > w or y1 > h)
+                done[name] = c
+            img = img.crop(done[name])
+        chans.append(transform_image(img, size=size, resample=resample))
+    return np.concatenate(chans, axis=0), clipped
 
 
 # ---------------------------------------------------------------------------------------- prepare
@@ -567,13 +705,16 @@ def prepare_images(source: str | os.PathLike | ImageSource, *, size: int = 64, c
                    preprocess: str = "resize", resample: str = "bilinear", order: list[str] | None = None,
                    order_tag: str = "sorted", label: str | None = None, factors: dict | None = None,
                    force: bool = False, cache_root: str | os.PathLike | None = None,
-                   ignore: Iterable[str] = ()) -> Prepared:
+                   ignore: Iterable[str] = (), crops: Crops | None = None) -> Prepared:
     """Decode (once) the images of a folder, zip or tar into a cached, memory-mapped uint8 array.
 
     order: which names, in which order (default: every image, sorted by relative path); callers
     that reorder (e.g. 3D Chairs into canonical factor order) pass a distinct ``order_tag``.
     factors: an optional factor description for the manifest (``names``, ``sizes``, ``values``, ...);
     its ``table`` (N x K class indices, one row per image in ``order``) is saved as ``factors.npy``.
+    crops: build each image from named crops by a stack rule (:class:`Crops`, one row of boxes per
+    name in ``order``); ``channels`` must then be the rule's. The rule, the box scale and the boxes
+    themselves are part of the cache key (editing a box rebuilds the pixels).
     Reuses a complete cache entry with the same key (updating the factor record if it changed);
     ``force`` rebuilds it.
     """
@@ -589,6 +730,17 @@ def prepare_images(source: str | os.PathLike | ImageSource, *, size: int = 64, c
     order = list(src.names if order is None else order)
     key = {"kind": "images", "source": str(src.path.resolve()), "size": size, "channels": channels,
            "preprocess": preprocess, "resample": resample, "order": order_tag, **src.stat_key()}
+    if crops is not None:
+        if channels != crops.rule.channels:
+            raise VaelabError(f"stack {str(crops.rule)!r} gives {crops.rule.channels} channel(s), not {channels}")
+        if preprocess != "resize":
+            raise VaelabError(f"a stack rule crops its own boxes: use preprocess 'resize', not {preprocess!r}")
+        if crops.boxes.shape != (len(order), len(crops.rule.box_names), 4):
+            raise VaelabError(f"stack boxes: expected {len(order)} x {len(crops.rule.box_names)} x 4 values, "
+                              f"got shape {tuple(crops.boxes.shape)}")
+        if not (isinstance(crops.scale, (int, float)) and crops.scale > 0 and np.isfinite(crops.scale)):
+            raise VaelabError(f"box_scale must be a positive number, got {crops.scale!r}")
+        key.update(crops.key())
     entry = cache_entry(label or src.path.stem, key, cache_root)
     names_sha = sha256_names(order)
     record, table = _factor_record(factors, len(order))
@@ -611,10 +763,18 @@ def prepare_images(source: str | os.PathLike | ImageSource, *, size: int = 64, c
                 "skipped_files": src.skipped, "files_sha256": names_sha, "files": order}
     if record is not None:
         manifest["factors"] = record
+    if crops is not None:
+        manifest.update(stack=str(crops.rule), box_scale=float(crops.scale), box_names=crops.rule.box_names)
 
     def fill(out):
-        decode_into(src, order, out, size=size, channels=channels, preprocess=preprocess, resample=resample,
-                    desc=f"preparing {label or src.path.name} ({size}x{size})")
+        clipped = decode_into(src, order, out, size=size, channels=channels, preprocess=preprocess,
+                              resample=resample, desc=f"preparing {label or src.path.name} ({size}x{size})",
+                              crops=crops)
+        if clipped:
+            warn_once(f"{src.path}: {clipped:,} crop box(es) reach past their image's border; clipped to the "
+                      f"image (as seed 002's datasetXYS.py does)")
+            return {"clipped_boxes": clipped}
+        return None
 
     images, manifest = build_entry(entry, shape, fill, manifest,
                                    {"factors": table} if table is not None else None)
