@@ -7,6 +7,14 @@ from pathlib import Path
 import pytest
 
 
+def pytest_configure(config):
+    """The whole suite runs torch on one intra-op thread: the models here are tiny (threads cost more
+    than they save on 2 cores), and comparisons between runs need the same thread count on both sides."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def shared_data_dir() -> Path:
     """The real test data: $VAELAB_TEST_DATA, else ../shared/data beside the project root."""
     env = os.environ.get("VAELAB_TEST_DATA")

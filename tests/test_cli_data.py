@@ -145,6 +145,8 @@ def test_fetch_from_local_server(capsys, data_home, shared_data):
     (["data", "info", "dsprite"], ["did you mean 'dsprites'"]),
     (["data", "info", "image-folder"], ["--root"]),
     (["data", "fetch", "celeba"], ["img_align_celeba.zip"]),
+    (["data", "import-voc", "no-such-folder"], ["no annotations folder at no-such-folder"]),
+    (["data", "import-voc", ".", "--factor", "gaze_x"], ["--factor 'gaze_x': expected NAME=PATH"]),
 ])
 def test_bad_input_exit_2_one_line(capsys, data_home, argv, expect):
     rc, _, err = run(argv, capsys)

@@ -4,8 +4,6 @@ import torch
 
 from vaelab.models import build_model
 
-torch.set_num_threads(1)
-
 
 def model(**kw):
     cfg = {"objective": "annealedvae", "net": "higgins_mlp", "latent_dim": 2, "net_options": {"hidden": 4}, **kw}

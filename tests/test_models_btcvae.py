@@ -10,8 +10,6 @@ from vaelab.errors import VaelabError
 from vaelab.models import build_model
 from vaelab.models.btcvae import decomposition, mss_weights
 
-torch.set_num_threads(1)
-
 
 def log_pdf(x, m, lv):
     return -0.5 * (math.log(2 * math.pi) + lv + (x - m) ** 2 / math.exp(lv))

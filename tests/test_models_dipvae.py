@@ -9,8 +9,6 @@ from hypothesis import strategies as st
 from vaelab.models import build_model
 from vaelab.models.dipvae import dip_covariance, dip_penalty
 
-torch.set_num_threads(1)
-
 MU = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]], dtype=torch.float64)
 VAR = torch.tensor([[1.0, 0.5], [1.0, 0.5], [1.0, 2.0]], dtype=torch.float64)
 

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from vaelab.models import build_model
 from vaelab.models.factorvae import permute_dims
 
-torch.set_num_threads(1)
 SHAPE = (1, 6, 6)
 
 

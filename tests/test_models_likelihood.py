@@ -10,8 +10,6 @@ from vaelab.errors import VaelabError
 from vaelab.models import build_model
 from vaelab.models.likelihood import check_likelihood, kl_normal, log_normal, mean_image, recon_loss
 
-torch.set_num_threads(1)
-
 
 def test_bernoulli_is_sum_of_pixel_cross_entropies():
     o = torch.tensor([[[[0.0, 2.0], [-1.0, 3.0]]], [[[1.0, -2.0], [0.5, 0.0]]]])  # B2 C1 2×2

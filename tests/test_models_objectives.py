@@ -5,8 +5,6 @@ import torch
 from vaelab.errors import VaelabError
 from vaelab.models import (COMMON_DEFAULTS, OBJECTIVES, build_model, model_defaults, objective_defaults)
 
-torch.set_num_threads(1)
-
 SMALL = {"net": "higgins_mlp", "latent_dim": 4, "net_options": {"hidden": 16}}
 SHAPE = (1, 8, 8)
 TERMS = {

@@ -10,8 +10,6 @@ from vaelab.models import build_model
 from vaelab.models.ugvae import pool_gaussians
 from vaelab.nets import count_parameters
 
-torch.set_num_threads(1)
-
 
 def make(net="ugvae_fc28", dz=2, db=3, k=4, shape=(1, 28, 28)):
     cfg = {"objective": "ugvae", "net": net, "latent_dim": dz, "dim_beta": db, "K": k}

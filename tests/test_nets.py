@@ -7,8 +7,6 @@ import torch
 from vaelab.errors import VaelabError
 from vaelab.nets import NET_ALIASES, NETS, build_net, canonical_net, count_parameters, disc_mlp
 
-torch.set_num_threads(1)
-
 # (net, image_shape, D, options, encoder params, decoder params or None, total) — SPEC §2 numbers
 COUNTS = [
     ("burgess64", (1, 64, 64), 10, {}, 252_052, 249_953, 502_005),
@@ -32,6 +30,18 @@ COUNTS = [
     #      -> 256D + 511,360 + 513C  (C1 D10: 514,433)
     ("burgess64_keras", (1, 64, 64), 10, {}, 253_752, 514_433, 768_185),
     ("burgess64_keras", (3, 64, 64), 10, {}, 254_776, 515_459, 770_235),
+    # betavae_h (SPEC §2.2: 1Konny/Beta-VAE BetaVAE_H = fvae64 at F 256, dense for 1×1), counted by hand:
+    # enc  Conv(C→32,4) 16C·32+32 = 512C+32; Conv(32→32,4) 16,416; Conv(32→64,4) 32,832; Conv(64→64,4) 65,600;
+    #      Conv(64→256,4,1,0) 262,400; Lin(256→2D) 512D+2D = 514D   -> 512C + 377,280 + 514D
+    # dec  Lin(D→256) 256D+256; ConvT(256→64,4) 262,208; ConvT(64→64) 65,600; ConvT(64→32) 32,800;
+    #      ConvT(32→32) 16,416; ConvT(32→C) 16·32·C+C = 513C         -> 256D + 377,280 + 513C
+    # C3 D10: 383,956 + 381,379 = 765,335 (= SPEC's fvae64 C3 F256, as SPEC says); C1 D10 (F stays 256, unlike
+    # fvae64's F128): 382,932 + 380,353 = 763,285; C3 D32 (betavae-celeba-b10-z32): 395,264 + 387,011 = 782,275;
+    # C3 D16 (betavae-3dchairs-b4-z16): 387,040 + 382,915 = 769,955.
+    ("betavae_h", (3, 64, 64), 10, {}, 383_956, 381_379, 765_335),
+    ("betavae_h", (1, 64, 64), 10, {}, 382_932, 380_353, 763_285),
+    ("betavae_h", (3, 64, 64), 32, {}, 395_264, 387_011, 782_275),
+    ("betavae_h", (3, 64, 64), 16, {}, 387_040, 382_915, 769_955),
 ]
 
 
@@ -69,6 +79,8 @@ SHAPES = [
     ("burgess64_keras", (3, 64, 64), {}),
     ("fvae64", (3, 64, 64), {}),
     ("factorvae-conv", (1, 64, 64), {"features": 16}),
+    ("betavae_h", (3, 64, 64), {}),
+    ("betavae-h", (1, 64, 64), {}),
     ("dlib_conv", (3, 64, 64), {}),
     ("higgins_mlp", (3, 28, 20), {"hidden": 32}),
     ("higgins-mlp", (1, 64, 64), {"hidden": 16}),
@@ -109,7 +121,8 @@ def test_near32_computes_flatten_and_last_kernel():
     assert slopes == {0.05}
 
 
-@pytest.mark.parametrize("name", ["burgess64", "burgess64_keras", "fvae64", "dlib_conv", "antixk64", "ugvae_conv64"])
+@pytest.mark.parametrize("name", ["burgess64", "burgess64_keras", "fvae64", "betavae_h", "dlib_conv", "antixk64",
+                                  "ugvae_conv64"])
 def test_64_only_nets_reject_other_sizes(name):
     with pytest.raises(VaelabError) as e:
         build_net(name, (1, 28, 28), 10)
@@ -131,6 +144,7 @@ def test_other_size_errors():
 def test_names_and_options():
     assert canonical_net("burgess") == "burgess64"
     assert canonical_net("factorvae-conv") == "fvae64"
+    assert canonical_net("betavae-h") == "betavae_h"
     assert canonical_net("higgins-mlp") == "higgins_mlp"
     assert canonical_net("conv") == "near32_conv"
     assert canonical_net("mlp28") == "ugvae_fc28"
@@ -156,6 +170,39 @@ def test_initialisation():
     assert isinstance(convt, torch.nn.ConvTranspose2d)
     bound = math.sqrt(6 / (2 * 16 * 64))
     assert convt.weight.abs().max().item() <= bound and convt.bias.detach().abs().max().item() == 0.0
+
+
+def test_betavae_h_is_fvae64_f256_with_dense_layers_and_kaiming_init():
+    """SPEC §2.2: BetaVAE_H = the fvae64 stack at F 256 with Lin in place of the two 1×1 convolutions.
+    Copying fvae64's weights into it (1×1 kernels reshaped to dense matrices) gives the same outputs."""
+    torch.manual_seed(0)
+    enc, dec = build_net("betavae_h", (3, 64, 64), 10)
+    assert isinstance(enc[-1], torch.nn.Linear) and (enc[-1].in_features, enc[-1].out_features) == (256, 20)
+    assert isinstance(dec[0], torch.nn.Linear) and (dec[0].in_features, dec[0].out_features) == (10, 256)
+    assert not any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) for m in (*enc, *dec))
+    # Kaiming normal (fan_in, gain √2) + zero bias on Conv2d / Linear (1Konny kaiming_init)
+    conv5 = enc[8]  # Conv(64→256, 4): fan_in 1,024
+    assert isinstance(conv5, torch.nn.Conv2d) and conv5.out_channels == 256
+    assert abs(conv5.weight.std().item() - math.sqrt(2 / 1024)) < 0.002
+    assert conv5.bias.detach().abs().max().item() == 0.0
+    assert abs(dec[0].weight.std().item() - math.sqrt(2 / 10)) < 0.05 and dec[0].bias.detach().abs().max().item() == 0.0
+    # ConvTranspose2d keeps PyTorch's default init (1Konny's kaiming_init skips it): nonzero uniform biases
+    convts = [m for m in dec if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert len(convts) == 5 and all(m.bias.detach().abs().max().item() > 0 for m in convts)
+
+    f_enc, f_dec = build_net("fvae64", (3, 64, 64), 10)
+    with torch.no_grad():
+        for a, b in zip([m for m in enc if not isinstance(m, torch.nn.Linear)], f_enc):
+            if isinstance(a, torch.nn.Conv2d):
+                a.weight.copy_(b.weight), a.bias.copy_(b.bias)
+        enc[-1].weight.copy_(f_enc[10].weight.flatten(1)), enc[-1].bias.copy_(f_enc[10].bias)
+        dec[0].weight.copy_(f_dec[1].weight.flatten(1)), dec[0].bias.copy_(f_dec[1].bias)
+        for a, b in zip([m for m in dec if isinstance(m, torch.nn.ConvTranspose2d)],
+                        [m for m in f_dec if isinstance(m, torch.nn.ConvTranspose2d)]):
+            a.weight.copy_(b.weight), a.bias.copy_(b.bias)
+        x, z = torch.rand(2, 3, 64, 64), torch.randn(2, 10)
+        torch.testing.assert_close(enc(x), f_enc(x))
+        torch.testing.assert_close(dec(z), f_dec(z))
 
 
 def test_burgess64_keras_layers_and_modes():

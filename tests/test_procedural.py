@@ -17,8 +17,6 @@ import vaelab.data
 from vaelab.data import procedural as P
 from vaelab.errors import VaelabError
 
-torch.set_num_threads(1)
-
 DATA = Path(os.environ.get("VAELAB_TEST_DATA") or Path(__file__).parents[1].parent / "shared" / "data")
 NPZ = DATA / "dsprites" / "dsprites_downsampled.npz"
 

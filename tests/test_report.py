@@ -12,13 +12,10 @@ import subprocess
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from test_viz import add_eval_and_experiments, build_run, copy_run  # noqa: F401  (shared session run)
 from vaelab.cli import main
-
-torch.set_num_threads(1)
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

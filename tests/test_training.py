@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,7 +184,6 @@ def _data_overrides(preset, shared_data, tmp_path):
 
 @pytest.mark.parametrize("preset", preset_names())
 def test_every_preset_starts_and_runs_a_few_steps(preset, tmp_path, shared_data, data_home):
-    torch.set_num_threads(1)
     over = _data_overrides(preset, shared_data, tmp_path)
     over += ["train.steps=2", "train.epochs=0", "train.batch_size=8", "train.val_batches=1",
              "train.tensorboard=false"]

@@ -18,8 +18,6 @@ from PIL import Image
 
 from vaelab.cli import main
 
-torch.set_num_threads(1)
-
 DSPRITES_ARGS = ["--steps", "20", "--checkpoint-every", "10", "--device", "cpu", "--quiet", "--set", "data.name=dsprites",
                  "--set", "train.batch_size=16", "--set", "train.log_every=5", "--set", "train.tensorboard=false"]
 

@@ -236,6 +236,43 @@ def fvae64(image_shape, latent_dim: int, features: int | None = None):
     return enc, dec
 
 
+def betavae_h(image_shape, latent_dim: int):
+    """1Konny/Beta-VAE ``model.py`` BetaVAE_H (SPEC §2.2): the fvae64 stack at F 256 with dense layers in
+    place of the two 1×1 convolutions (same parameter counts: 765,335 at C3 D10), Kaiming init.
+
+    * Encoder: Conv(C→32,4,2,1) ReLU → Conv(32→32,4,2,1) ReLU → Conv(32→64,4,2,1) ReLU →
+      Conv(64→64,4,2,1) ReLU → Conv(64→256,4,1,0) ReLU (256×1×1) → flatten 256 → Lin(256→2D).
+    * Decoder: Lin(D→256) → 256×1×1 → ReLU → ConvT(256→64,4,1,0) ReLU (4×4) → ConvT(64→64,4,2,1) ReLU →
+      ConvT(64→32,4,2,1) ReLU → ConvT(32→32,4,2,1) ReLU → ConvT(32→C,4,2,1) → ``o``.
+
+    F is 256 for every C (the reference hard-codes it), unlike fvae64's F 128 at C 1.
+    """
+    c, _, _ = _check_shape("betavae_h", image_shape)
+    d = latent_dim
+    enc = nn.Sequential(
+        nn.Conv2d(c, 32, 4, 2, 1), nn.ReLU(),
+        nn.Conv2d(32, 32, 4, 2, 1), nn.ReLU(),
+        nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(),
+        nn.Conv2d(64, 64, 4, 2, 1), nn.ReLU(),
+        nn.Conv2d(64, 256, 4, 1, 0), nn.ReLU(),  # 256×1×1
+        nn.Flatten(),
+        nn.Linear(256, 2 * d),
+    )
+    dec = nn.Sequential(
+        nn.Linear(d, 256),
+        _View(256, 1, 1), nn.ReLU(),  # the reference's order: view, then ReLU
+        nn.ConvTranspose2d(256, 64, 4, 1, 0), nn.ReLU(),  # 4×4
+        nn.ConvTranspose2d(64, 64, 4, 2, 1), nn.ReLU(),
+        nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(),
+        nn.ConvTranspose2d(32, 32, 4, 2, 1), nn.ReLU(),
+        nn.ConvTranspose2d(32, c, 4, 2, 1),
+    )
+    # 1Konny kaiming_init touches Linear and Conv2d only; ConvTranspose2d keeps PyTorch's default (as burgess64).
+    _init(enc, "kaiming", (nn.Linear, nn.Conv2d))
+    _init(dec, "kaiming", (nn.Linear, nn.Conv2d))
+    return enc, dec
+
+
 # --------------------------------------------------------------------------- §2.3 dlib_conv
 
 
@@ -473,6 +510,7 @@ NETS: dict[str, Callable] = {
     "burgess64": burgess64,
     "burgess64_keras": burgess64_keras,
     "fvae64": fvae64,
+    "betavae_h": betavae_h,
     "dlib_conv": dlib_conv,
     "higgins_mlp": higgins_mlp,
     "near32_conv": near32_conv,
@@ -485,6 +523,7 @@ NETS: dict[str, Callable] = {
 NET_ALIASES: dict[str, str] = {
     "burgess": "burgess64",
     "factorvae-conv": "fvae64",
+    "betavae-h": "betavae_h",
     "higgins-mlp": "higgins_mlp",
     "conv": "near32_conv",
     "mlp28": "ugvae_fc28",

@@ -1,6 +1,7 @@
-"""``vaelab data list | info | show | prepare | fetch``: looking at, preparing and getting datasets."""
+"""``vaelab data list | info | show | prepare | fetch | import-voc``: looking at, preparing and getting datasets."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import inspect
 import math
@@ -52,6 +53,44 @@ def register(subparsers) -> None:
                    help="only this file (repeatable), e.g. t10k-images-idx3-ubyte.gz")
     _quiet(q)
     q.set_defaults(func=cmd_fetch)
+
+    q = sub.add_parser("import-voc", help="per-image VOC-style XML annotations -> the CSV image-folder reads",
+                       description="Walk DIR (recursively) for per-image VOC-style .xml files and write the "
+                                   "image-folder CSV: file (from <filename>), one column per factor, and "
+                                   "NAME_xmin/_ymin/_xmax/_ymax per <object> box. Seed 002's XYS: "
+                                   "vaelab data import-voc dataset-XYS-latent/annotations "
+                                   "--images dataset-XYS-latent/images --preset xys")
+    q.add_argument("annotations", metavar="DIR", help="folder of per-image .xml files (searched recursively)")
+    q.add_argument("--images", metavar="IMAGES", default=None,
+                   help="the image folder the CSV is for (default: DIR); the CSV goes there")
+    q.add_argument("--out", metavar="FILE.csv", default=None,
+                   help="CSV to write (default: factors.csv in the image folder, where image-folder finds it)")
+    q.add_argument("--factor", action=_Column, dest="columns", metavar="NAME=PATH",
+                   help="factor NAME from the element at PATH below the root, e.g. head_camera_distance="
+                        "data/head/head_camera_distance (text kept as written; repeatable)")
+    q.add_argument("--sum", action=_Column, dest="columns", metavar="NAME=PATH+PATH",
+                   help="factor NAME = the sum of numeric elements, e.g. gaze_x=data/gaze_position/x+"
+                        "data/camera_screen_center_offset/x (repeatable)")
+    q.add_argument("--preset", choices=("xys",), default=None,
+                   help="xys: seed 002's gaze_x, gaze_y (gaze + camera-screen-centre offset) and "
+                        "head_camera_distance; --factor/--sum of the same name replace one")
+    g = q.add_mutually_exclusive_group()
+    g.add_argument("--boxes", metavar="NAMES", default=None,
+                   help="import only these <object> boxes, e.g. reye,leye (default: every object name; each "
+                        "must be in every file)")
+    g.add_argument("--no-boxes", action="store_true", help="no box columns")
+    q.add_argument("--force", action="store_true", help="overwrite the CSV if it exists")
+    _quiet(q)
+    q.set_defaults(func=cmd_import_voc)
+
+
+class _Column(argparse.Action):
+    """--factor / --sum into one list, in command-line order: [(option, "NAME=..."), ...]."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = list(getattr(namespace, self.dest, None) or [])
+        items.append((option_string, values))
+        setattr(namespace, self.dest, items)
 
 
 def _usage(p) -> int:
@@ -247,4 +286,57 @@ def cmd_fetch(args) -> int:
         paths_ = fetch(args.name, base_url=args.base_url, force=args.force, files=args.files,
                        quiet=args.quiet)
         print(f"{args.name}: {len(paths_)} file(s) ready")
+    return 0
+
+
+def _columns(items) -> dict:
+    """--factor NAME=PATH / --sum NAME=PATH+PATH -> {name: path | [paths]}, in command-line order."""
+    out: dict = {}
+    for opt, text in items or []:
+        name, eq, path = text.partition("=")
+        name, path = name.strip(), path.strip()
+        if not eq or not name or not path:
+            example = "gaze_x=data/gaze_position/x+data/camera_screen_center_offset/x" if opt == "--sum" \
+                else "head_camera_distance=data/head/head_camera_distance"
+            raise VaelabError(f"{opt} {text!r}: expected NAME={'PATH+PATH' if opt == '--sum' else 'PATH'}, "
+                              f"e.g. {opt} {example}")
+        if name in out:
+            raise VaelabError(f"factor {name!r} is given twice ({opt} {text!r})")
+        if opt == "--sum":
+            parts = [p.strip() for p in path.split("+")]
+            if any(not p for p in parts):
+                raise VaelabError(f"--sum {text!r}: an empty path between '+' signs")
+            out[name] = parts
+        else:
+            out[name] = path
+    return out
+
+
+def cmd_import_voc(args) -> int:
+    from pathlib import Path
+
+    from ..data.voc import default_csv, read_voc
+
+    with _session(args):
+        if args.images is not None and not Path(args.images).is_dir():
+            raise VaelabError(f"no image folder at {args.images}")
+        boxes = [] if args.no_boxes else args.boxes
+        t0 = time.perf_counter()
+        table = read_voc(args.annotations, factors=_columns(args.columns), boxes=boxes, preset=args.preset)
+        out = default_csv(args.annotations, args.images) if args.out is None else Path(args.out)
+        path = table.write(out, force=args.force)
+        dt = time.perf_counter() - t0
+        print(f"wrote {path}: {len(table.files):,} images from {len(table.xml_files):,} XML files in {dt:.1f} s")
+        print(f"factors: {', '.join(table.factor_names) or 'none'}; boxes: {', '.join(table.box_names) or 'none'}")
+        root = Path(args.images if args.images is not None else args.annotations)
+        csv_opt = "" if path.resolve() == (root / path.name).resolve() and path.name == "factors.csv" \
+            else f" --csv {path}"
+        stack, names = "", table.box_names
+        if args.preset == "xys" and {"reye", "leye"} <= set(names):
+            stack = " --stack full,reye,leye --box-scale 2"  # seed 002: boxes at twice the image resolution
+        elif len(names) >= 2:
+            stack = f" --stack full,{names[0]},{names[1]}"
+        elif names:
+            stack = f" --stack {names[0]}:rgb"
+        print(f"next: vaelab data info image-folder --root {root}{csv_opt}{stack}")
     return 0
