@@ -231,19 +231,27 @@ def main(argv=None):
     obj = args.sweep_objective
     print()
     print(f"sweep of M {obj} models, batch {b}: one vmapped step trains all M; M sequential runs take M x "
-          f"one eager run's time (timed alongside each M)")
-    head = f"{'M':>3} {'vmapped it/s':>13} {'model-it/s':>11} {'sequential model-it/s':>22} {'ratio':>6}"
+          f"one run's time, eager and with the fast path `vaelab train` uses (timed alongside each M)")
+    head = (f"{'M':>3} {'vmapped it/s':>13} {'model-it/s':>11} {'seq. eager':>11} {'seq. fast':>10} "
+            f"{'vs eager':>9} {'vs fast':>8} {'peak GPU GB':>12}")
     print(head)
     print("-" * len(head))
     sweep_rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for m in sizes:
-            loops = {"single": step_loop(obj, args.net, images_dev, b, dev, "off")[0],
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            loops = {"eager": step_loop(obj, args.net, images_dev, b, dev, "off")[0],
+                     "fast": step_loop(obj, args.net, images_dev, b, dev, "auto", bf16=args.bf16)[0],
                      "vmapped": sweep_loop(obj, args.net, images_dev, b, dev, m, tmp)}
             r = best_rates(loops, max(2, steps // 2), max(1, warmup // 2), repeats, dev)
-            single, vm = r["single"], r["vmapped"]
-            print(f"{m:>3} {vm:>13.2f} {vm * m:>11.1f} {single:>22.1f} {vm * m / single:>6.2f}", flush=True)
-            sweep_rows.append({"M": m, "vmapped": vm, "sequential": single, "ratio": vm * m / single})
+            eager, fast, vm = r["eager"], r["fast"], r["vmapped"]
+            # peak device memory of this M: the resident images, the M models and their Adam states
+            peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else float("nan")
+            print(f"{m:>3} {vm:>13.2f} {vm * m:>11.1f} {eager:>11.1f} {fast:>10.1f} {vm * m / eager:>9.2f} "
+                  f"{vm * m / fast:>8.2f} {peak:>12.2f}", flush=True)
+            sweep_rows.append({"M": m, "vmapped": vm, "sequential": eager, "sequential_fast": fast,
+                               "ratio": vm * m / eager, "ratio_fast": vm * m / fast, "peak_gb": peak})
             del loops
     return {"rows": rows, "sweep": sweep_rows}
 
