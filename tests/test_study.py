@@ -1,0 +1,56 @@
+"""Many runs' scores in one table (metrics/study.py, `vaelab evaluate SWEEP`)."""
+import json
+import math
+
+import pytest
+
+from vaelab.cli import main
+from vaelab.metrics.study import format_study, summarize
+
+
+def test_summarize_means_over_seeds_by_hand():
+    results = [
+        {"metrics": ["mig"], "mig.score": 0.2},
+        {"metrics": ["mig"], "mig.score": 0.4},
+        {"metrics": ["mig", "sap"], "mig.score": 0.9, "sap.score": 0.05},
+        {"metrics": ["mig"], "mig.score": float("nan")},  # a NaN score is left out of its mean (n < runs)
+    ]
+    labels = [{"model.beta": 1, "train.seed": 0}, {"model.beta": 1, "train.seed": 1},
+              {"model.beta": 4, "train.seed": 0}, {"model.beta": 4, "train.seed": 1}]
+    rows = summarize(results, labels)
+    assert [r["setting"] for r in rows] == [{"model.beta": 1}, {"model.beta": 4}]
+    assert [r["runs"] for r in rows] == [2, 2]
+    mig1 = rows[0]["scores"]["mig.score"]
+    assert mig1["mean"] == pytest.approx(0.3) and mig1["n"] == 2
+    assert mig1["std"] == pytest.approx(math.sqrt(((0.2 - 0.3) ** 2 + (0.4 - 0.3) ** 2) / 1))  # sample std
+    assert rows[1]["scores"]["mig.score"] == {"mean": 0.9, "std": 0.0, "n": 1}
+    assert rows[1]["scores"]["sap.score"]["mean"] == 0.05 and "sap.score" not in rows[0]["scores"]
+    table = format_study(rows).splitlines()
+    assert table[0].split() == ["beta", "runs", "mig", "sap"]
+    assert "0.300±0.141" in table[2] and "0.900±0.000 (n=1)" in table[3] and table[2].rstrip().endswith("-")
+
+
+def test_evaluate_a_sweep_folder_end_to_end(tmp_path, shared_data, capsys, monkeypatch):
+    """`vaelab sweep` then `vaelab evaluate SWEEP`: every run scored, one row per gamma, eval.json reused."""
+    monkeypatch.setenv("VAELAB_DATA", str(tmp_path / "data"))
+    npz = shared_data / "dsprites" / "dsprites_downsampled.npz"
+    sets = ["--set", "data.name=dsprites", "--set", f"data.root={npz}", "--set", "train.image_every=0",
+            "--set", "train.tensorboard=false", "--set", "model.latent_dim=4"]
+    sw = tmp_path / "sw"
+    assert main(["sweep", "quickstart", "--grid", "model.gamma=2,20", "--seeds", "0,1", "--steps", "3",
+                 "--out", str(sw), "--quiet", "--device", "cpu", *sets]) == 0
+    argv = ["evaluate", str(sw), "--metrics", "mig,modularity", "--profile", "fast", "--jobs", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    study = json.loads((sw / "study.json").read_text())
+    assert [r["setting"] for r in study["settings"]] == [{"model.gamma": 2.0}, {"model.gamma": 20.0}]
+    for row in study["settings"]:
+        runs = [r for r in study["runs"] if r["values"]["model.gamma"] == row["setting"]["model.gamma"]]
+        migs = [json.loads((tmp_path / "sw" / r["path"].split("/")[-1] / "eval.json").read_text())["mig.score"]
+                for r in runs]
+        assert row["runs"] == 2 and row["scores"]["mig.score"]["mean"] == pytest.approx(sum(migs) / 2)
+    assert "gamma" in out and "mig" in out and f"wrote {sw / 'study.json'}" in out
+    assert main(argv) == 0  # again: nothing to score
+    assert capsys.readouterr().out.count("eval.json reused") == 4
+    assert main([*argv, "--out", str(tmp_path / "x.json")]) == 2
+    assert "--out names one eval.json" in capsys.readouterr().err
