@@ -30,15 +30,24 @@ def test_summarize_means_over_seeds_by_hand():
     assert "0.300±0.141" in table[2] and "0.900±0.000 (n=1)" in table[3] and table[2].rstrip().endswith("-")
 
 
-def test_evaluate_a_sweep_folder_end_to_end(tmp_path, shared_data, capsys, monkeypatch):
-    """`vaelab sweep` then `vaelab evaluate SWEEP`: every run scored, one row per gamma, eval.json reused."""
-    monkeypatch.setenv("VAELAB_DATA", str(tmp_path / "data"))
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory, shared_data):
+    """A trained sweep: quickstart at gamma 2 and 20, seeds 0 and 1, three steps each."""
+    root = tmp_path_factory.mktemp("study")
     npz = shared_data / "dsprites" / "dsprites_downsampled.npz"
     sets = ["--set", "data.name=dsprites", "--set", f"data.root={npz}", "--set", "train.image_every=0",
             "--set", "train.tensorboard=false", "--set", "model.latent_dim=4"]
-    sw = tmp_path / "sw"
-    assert main(["sweep", "quickstart", "--grid", "model.gamma=2,20", "--seeds", "0,1", "--steps", "3",
-                 "--out", str(sw), "--quiet", "--device", "cpu", *sets]) == 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VAELAB_DATA", str(root / "data"))
+        assert main(["sweep", "quickstart", "--grid", "model.gamma=2,20", "--seeds", "0,1", "--steps", "3",
+                     "--out", str(root / "sw"), "--quiet", "--device", "cpu", *sets]) == 0
+    return root
+
+
+def test_evaluate_a_sweep_folder_end_to_end(sweep_dir, capsys, monkeypatch):
+    """`vaelab evaluate SWEEP`: every run scored, one row per gamma, eval.json reused the second time."""
+    monkeypatch.setenv("VAELAB_DATA", str(sweep_dir / "data"))
+    sw = sweep_dir / "sw"
     argv = ["evaluate", str(sw), "--metrics", "mig,modularity", "--profile", "fast", "--jobs", "1"]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -46,11 +55,25 @@ def test_evaluate_a_sweep_folder_end_to_end(tmp_path, shared_data, capsys, monke
     assert [r["setting"] for r in study["settings"]] == [{"model.gamma": 2.0}, {"model.gamma": 20.0}]
     for row in study["settings"]:
         runs = [r for r in study["runs"] if r["values"]["model.gamma"] == row["setting"]["model.gamma"]]
-        migs = [json.loads((tmp_path / "sw" / r["path"].split("/")[-1] / "eval.json").read_text())["mig.score"]
-                for r in runs]
+        migs = [json.loads((sw / r["path"].split("/")[-1] / "eval.json").read_text())["mig.score"] for r in runs]
         assert row["runs"] == 2 and row["scores"]["mig.score"]["mean"] == pytest.approx(sum(migs) / 2)
     assert "gamma" in out and "mig" in out and f"wrote {sw / 'study.json'}" in out
     assert main(argv) == 0  # again: nothing to score
     assert capsys.readouterr().out.count("eval.json reused") == 4
-    assert main([*argv, "--out", str(tmp_path / "x.json")]) == 2
-    assert "--out names one eval.json" in capsys.readouterr().err
+    assert main([*argv, "--out", str(sweep_dir / "x.json")]) == 2
+    assert "--out and --dataset apply to one run" in capsys.readouterr().err
+
+
+def test_evaluate_a_sweep_on_ray_scores_as_here(sweep_dir, capsys, monkeypatch, tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'vaelab[ray]')")
+    monkeypatch.setenv("VAELAB_DATA", str(sweep_dir / "data"))
+    sw = sweep_dir / "sw"
+    common = ["evaluate", str(sw), "--metrics", "mig,sap", "--profile", "fast", "--jobs", "1", "--force", "--json"]
+    assert main(common) == 0
+    here = json.loads(capsys.readouterr().out)
+    assert main([*common, "--backend", "ray"]) == 0
+    there = json.loads(capsys.readouterr().out)
+    assert [r["setting"] for r in there["settings"]] == [r["setting"] for r in here["settings"]]
+    for a, b in zip(here["settings"], there["settings"]):
+        for key, s in a["scores"].items():
+            assert b["scores"][key]["mean"] == pytest.approx(s["mean"], abs=1e-6), key

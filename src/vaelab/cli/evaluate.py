@@ -15,6 +15,9 @@ def register(sub):
                     "mean ± std over seeds, written to SWEEP/study.json.")
     p.add_argument("run", nargs="+", metavar="RUN|SWEEP", help="run folder(s) made by `vaelab train`, or a sweep folder")
     p.add_argument("--force", action="store_true", help="score again even where an eval.json with these settings exists")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="several runs: score them here one by one (default) or as tasks on a Ray cluster")
+    p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join (default: start a local Ray)")
     p.add_argument("--metrics", default="all",
                    help="comma-separated metric names or 'all' (default): " + ", ".join(METRICS))
     p.add_argument("--dataset", metavar="NAME", help="evaluate on this dataset instead of the run's own")
@@ -34,116 +37,57 @@ def register(sub):
     p.set_defaults(func=run_evaluate)
 
 
-def _targets(items):
-    """(run folders, their labels, where the study summary goes or None) from RUN or SWEEP arguments."""
-    import json
-    from pathlib import Path
-
-    from ..errors import VaelabError
-
-    paths, labels, summary = [], [], None
-    for item in items:
-        path = Path(item)
-        if not path.is_dir():
-            raise VaelabError(f"{path} is not a folder: expected a run folder made by `vaelab train` or a sweep "
-                              f"folder made by `vaelab sweep`")
-        manifest = path / "sweep.json"
-        if manifest.is_file() and not (path / "config.toml").is_file():
-            try:
-                runs = json.loads(manifest.read_text())["runs"]
-            except (ValueError, KeyError, TypeError):
-                raise VaelabError(f"{manifest} is not a sweep manifest written by `vaelab sweep`") from None
-            for r in runs:
-                run_dir = Path(r["path"])
-                if not run_dir.is_absolute() and not run_dir.is_dir():
-                    run_dir = path / run_dir.name  # a sweep folder moved since it was written
-                paths.append(run_dir)
-                labels.append(dict(r.get("values", {})))
-            summary = path / "study.json" if len(items) == 1 else None
-        else:
-            paths.append(path)
-            labels.append({"run": path.name})
-    if len(paths) > 1 and summary is None:
-        import os
-
-        summary = Path(os.path.commonpath([str(p.resolve().parent) for p in paths])) / "study.json"
-    return paths, labels, summary if len(paths) > 1 else None
-
-
-def _reusable(path, run, names, args):
-    """The run's eval.json when it already holds these metrics with these settings at this step."""
-    from ..viz.report import read_json
-
-    data = read_json(path / "eval.json")
-    if args.force or args.dataset or not isinstance(data, dict):
-        return None
-    same = (data.get("seed") == args.seed and data.get("profile") == args.profile
-            and data.get("step") == getattr(run, "step", None) and set(names) <= set(data.get("metrics") or [])
-            and ("dci" not in names or (data.get("settings") or {}).get("dci", {}).get("trees") == args.dci_trees))
-    return data if same else None
-
-
 def run_evaluate(args):
     import json
     import sys
 
     from ..errors import VaelabError
     from ..metrics.evaluate import evaluate, format_table, resolve_metrics
+    from ..metrics.study import format_study, runs_of
 
-    names, _ = resolve_metrics(args.metrics)  # fail on a bad name before loading anything
+    resolve_metrics(args.metrics)  # fail on a bad name before loading anything
     if args.root and not args.dataset:
         raise VaelabError("--root needs --dataset NAME (the run's own dataset uses its configured root)")
     if args.jobs is not None and args.jobs < 1:
         raise VaelabError(f"--jobs must be a positive number of processes, got {args.jobs}")
-    paths, labels, summary = _targets(args.run)
-    if summary is not None and args.out:
-        raise VaelabError("--out names one eval.json: with several runs each writes RUN/eval.json")
+    paths, _, summary = runs_of(args.run)
+    talk = not args.quiet and not args.json
+    if summary is not None:  # several runs: score each, one study table
+        from ..metrics.study import evaluate_runs
+
+        if args.out or args.dataset:
+            raise VaelabError("--out and --dataset apply to one run: with several runs each writes RUN/eval.json "
+                              "on the run's own dataset")
+        study, where = evaluate_runs(args.run, metrics=args.metrics, seed=args.seed, profile=args.profile,
+                                     dci_trees=args.dci_trees, device=args.device, n_jobs=args.jobs,
+                                     force=args.force, backend=args.backend, ray_address=args.ray_address,
+                                     say=print if talk else None, progress=talk)
+        if args.json:
+            json.dump(study, sys.stdout, indent=1)
+            sys.stdout.write("\n")
+        elif not args.quiet:
+            print(format_study(study["settings"]))
+            print(f"wrote {where}")
+        return 0
+
+    if args.backend != "local":
+        raise VaelabError("--backend ray scores several runs (a sweep folder); one run is scored here")
     try:
         from ..training import load_run
     except ImportError as e:
         raise VaelabError(f"cannot open run folders: the trainer is not available ({e})") from None
+    run = load_run(paths[0], device=args.device)
     dataset = None
     if args.dataset:
         from ..data import load
 
         dataset = load(args.dataset, root=args.root)
-    results = []
-    for k, path in enumerate(paths):
-        if not path.is_dir():
-            raise VaelabError(f"{path} is not a folder: the sweep lists a run that is not there")
-        run = load_run(path, device=args.device)
-        result = _reusable(path, run, names, args) if summary is not None else None
-        if result is not None:
-            if not args.quiet and not args.json:
-                print(f"[{k + 1}/{len(paths)}] {path.name}: eval.json reused (step {run.step}; --force scores again)")
-        else:
-            if summary is not None and not args.quiet and not args.json:
-                print(f"[{k + 1}/{len(paths)}] {path.name}")
-            result = evaluate(run, dataset=dataset, metrics=args.metrics, seed=args.seed, profile=args.profile,
-                              out=args.out, n_jobs=args.jobs, progress=not args.quiet and not args.json,
-                              options={"dci": {"trees": args.dci_trees}})
-        results.append(result)
-    if summary is None:
-        result = results[0]
-        if args.json:
-            json.dump(result, sys.stdout, indent=1)
-            sys.stdout.write("\n")
-        elif not args.quiet:
-            print(format_table(result))
-            print(f"wrote {result.get('path')}")
-        return 0
-
-    from ..metrics.study import format_study, summarize
-    from ..data.prepare import atomic_write_json
-
-    rows = summarize(results, labels)
-    study = {"runs": [{"path": str(p), "values": lab} for p, lab in zip(paths, labels)],
-             "seed": args.seed, "profile": args.profile, "settings": rows}
-    atomic_write_json(summary, study)
+    result = evaluate(run, dataset=dataset, metrics=args.metrics, seed=args.seed, profile=args.profile,
+                      out=args.out, n_jobs=args.jobs, progress=talk, options={"dci": {"trees": args.dci_trees}})
     if args.json:
-        json.dump(study, sys.stdout, indent=1)
+        json.dump(result, sys.stdout, indent=1)
         sys.stdout.write("\n")
     elif not args.quiet:
-        print(format_study(rows))
-        print(f"wrote {summary}")
+        print(format_table(result))
+        print(f"wrote {result.get('path')}")
     return 0

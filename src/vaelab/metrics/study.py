@@ -3,16 +3,24 @@
 disentanglement_lib's study reports each metric as the mean over seeds of every setting (SPEC 4.2).
 :func:`summarize` does that from the runs' ``eval.json`` results: runs whose labels agree once the
 seed is left out form one setting; each headline score becomes mean, sample standard deviation
-(0 for a single run) and count over the runs that have it. Pure functions of plain dicts.
+(0 for a single run) and count over the runs that have it (:func:`summarize` and
+:func:`format_study` are pure functions of plain dicts).
+
+:func:`evaluate_runs` does the work behind ``vaelab evaluate SWEEP``: it scores each run that has no
+``eval.json`` with the same settings at its newest step (here, one after another, or as tasks on a
+Ray cluster), then writes ``study.json``.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
+from ..errors import VaelabError
 from .evaluate import METRICS
 
-__all__ = ["summarize", "format_study", "SEED_KEY"]
+__all__ = ["summarize", "format_study", "runs_of", "evaluate_runs", "score_run", "SEED_KEY"]
 
 SEED_KEY = "train.seed"
 
@@ -73,3 +81,117 @@ def format_study(rows: list[dict]) -> str:
     lines = ["  ".join(c.rjust(w[i]) if i >= len(keys) else c.ljust(w[i]) for i, c in enumerate(t)) for t in table]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- the work
+def runs_of(items) -> tuple[list[Path], list[dict], Path | None]:
+    """(run folders, their labels, where study.json goes: None for a single run) from run folders
+    and sweep folders (``sweep.json``: its runs, labelled by their grid values and seed)."""
+    paths, labels, summary = [], [], None
+    for item in items:
+        path = Path(item)
+        if not path.is_dir():
+            raise VaelabError(f"{path} is not a folder: expected a run folder made by `vaelab train` or a sweep "
+                              f"folder made by `vaelab sweep`")
+        manifest = path / "sweep.json"
+        if manifest.is_file() and not (path / "config.toml").is_file():
+            try:
+                runs = json.loads(manifest.read_text())["runs"]
+            except (ValueError, KeyError, TypeError):
+                raise VaelabError(f"{manifest} is not a sweep manifest written by `vaelab sweep`") from None
+            for r in runs:
+                run_dir = Path(r["path"])
+                if not run_dir.is_dir() and (path / run_dir.name).is_dir():
+                    run_dir = path / run_dir.name  # the sweep folder moved since it was written
+                paths.append(run_dir)
+                labels.append(dict(r.get("values", {})))
+            summary = path / "study.json" if len(items) == 1 else None
+        else:
+            paths.append(path)
+            labels.append({"run": path.name})
+    if len(paths) > 1 and summary is None:
+        summary = Path(os.path.commonpath([str(p.resolve().parent) for p in paths])) / "study.json"
+    return paths, labels, (summary if len(paths) > 1 else None)
+
+
+def _newest_step(path: Path) -> int | None:
+    from ..training import checkpoint
+
+    cks = checkpoint.list_checkpoints(path)
+    return int(cks[-1].name[len(checkpoint.PREFIX):]) if cks else None
+
+
+def reusable(path: Path, metrics: list[str], seed: int, profile: str, dci_trees: str) -> dict | None:
+    """The run's eval.json when it holds ``metrics`` with these settings at the run's newest step."""
+    try:
+        data = json.loads((Path(path) / "eval.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    same = (data.get("seed") == seed and data.get("profile") == profile
+            and data.get("step") == _newest_step(path) and set(metrics) <= set(data.get("metrics") or [])
+            and ("dci" not in metrics or (data.get("settings") or {}).get("dci", {}).get("trees") == dci_trees))
+    return data if same else None
+
+
+def score_run(path, metrics: str, seed: int, profile: str, dci_trees: str, device: str = "cpu",
+              n_jobs: int | None = None, progress: bool = False) -> dict:
+    """Load a run and score it (writes RUN/eval.json): one Ray task of :func:`evaluate_runs`."""
+    from ..training import load_run
+    from .evaluate import evaluate
+
+    run = load_run(path, device=device)
+    return evaluate(run, metrics=metrics, seed=seed, profile=profile, n_jobs=n_jobs, progress=progress,
+                    options={"dci": {"trees": dci_trees}})
+
+
+def evaluate_runs(items, *, metrics: str = "all", seed: int = 0, profile: str = "default",
+                  dci_trees: str = "vectorised", device: str = "cpu", n_jobs: int | None = None,
+                  force: bool = False, backend: str = "local", ray_address: str | None = None,
+                  out=None, say=print, progress: bool = False) -> tuple[dict, Path]:
+    """Score every run of ``items`` (run and sweep folders) and write the study; returns (study, path).
+
+    ``backend="ray"``: the runs to score become Ray tasks (one CPU each, on ``ray_address`` or a local
+    Ray); ``say``: where the per-run lines go (None: nowhere); ``progress``: each scoring's progress bars."""
+    from .evaluate import resolve_metrics
+
+    names, _ = resolve_metrics(metrics)
+    paths, labels, summary = runs_of(items)
+    if summary is None:
+        summary = Path(paths[0]) / "study.json"
+    summary = Path(out) if out else summary
+    say = say or (lambda *a, **k: None)
+    results: list[dict | None] = [None] * len(paths)
+    todo = []
+    for k, path in enumerate(paths):
+        if not path.is_dir():
+            raise VaelabError(f"{path} is not a folder: the sweep lists a run that is not there")
+        results[k] = None if force else reusable(path, names, seed, profile, dci_trees)
+        if results[k] is not None:
+            say(f"[{k + 1}/{len(paths)}] {path.name}: eval.json reused (step {results[k].get('step')}; "
+                f"--force scores again)")
+        else:
+            todo.append(k)
+    if backend == "ray" and todo:
+        from ..cluster import RaySession
+
+        with RaySession(ray_address, quiet=not progress) as ray:
+            args = [(str(paths[k]), metrics, seed, profile, dci_trees, device, n_jobs) for k in todo]
+            for done, (i, result) in enumerate(ray.map(score_run, args, what="scoring task"), 1):
+                results[todo[i]] = result
+                say(f"ray: {done}/{len(todo)} scored ({paths[todo[i]].name})")
+    elif backend != "local":
+        raise VaelabError(f"unknown backend {backend!r}; valid: local, ray")
+    else:
+        for k in todo:
+            say(f"[{k + 1}/{len(paths)}] {paths[k].name}")
+            results[k] = score_run(paths[k], metrics, seed, profile, dci_trees, device, n_jobs,
+                                   progress=progress)
+    rows = summarize(results, labels)
+    study = {"runs": [{"path": str(p), "values": lab} for p, lab in zip(paths, labels)],
+             "seed": seed, "profile": profile, "metrics": names, "settings": rows}
+    from ..data.prepare import atomic_write_json
+
+    atomic_write_json(summary, study)
+    return study, summary

@@ -699,49 +699,23 @@ def _ray_task(cfg_dicts: list[dict], mode: str, resume: bool) -> tuple[list[str]
 
 
 def _ray_sweep(cfgs, mode, resume, quiet, address, runs_per_task, gpus_per_task) -> tuple[str, str | None]:
-    try:
-        import ray
-    except ImportError:
-        raise VaelabError("--backend ray needs Ray: pip install 'vaelab[ray]' (or pip install ray)") from None
-    import logging
-    import os
+    from ..cluster import RaySession
 
     if runs_per_task is not None and runs_per_task < 1:
         raise VaelabError(f"--runs-per-task must be at least 1, got {runs_per_task}")
-    own = not ray.is_initialized()
-    if own:
-        env = {k: os.environ[k] for k in ("VAELAB_DATA", "VAELAB_QUIET") if k in os.environ}
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR if quiet else logging.WARNING,
-                     runtime_env={"env_vars": env} if env else None)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise VaelabError(f"cannot start or reach Ray at {address or 'a new local instance'}: "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    try:
+    with RaySession(address, quiet) as ray:
         if gpus_per_task is None:
-            gpus_per_task = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-        if runs_per_task is None:
+            gpus_per_task = 1.0 if ray.gpus > 0 else 0.0
+        if runs_per_task is None:  # vmapped groups on GPUs; one run per task on CPUs
             runs_per_task = 1 if mode == "sequential" or gpus_per_task == 0 else 16
-        task = ray.remote(_ray_task).options(num_gpus=gpus_per_task, num_cpus=1, max_retries=0)
         groups = [cfgs[i:i + runs_per_task] for i in range(0, len(cfgs), runs_per_task)]
-        pending = [task.remote([c.to_dict() for c in g], mode, resume) for g in groups]
         modes, notes, done = set(), [], 0
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            try:
-                paths, used, note = ray.get(ready[0])
-            except ray.exceptions.RayTaskError as e:
-                cause = getattr(e, "cause", None)
-                msg = str(cause) if isinstance(cause, VaelabError) else f"{type(cause or e).__name__}: {cause or e}"
-                raise VaelabError(f"a sweep task failed on Ray: {msg.splitlines()[0]}") from None
+        for _, (paths, used, note) in ray.map(_ray_task, [([c.to_dict() for c in g], mode, resume) for g in groups],
+                                              num_gpus=gpus_per_task, what="sweep task"):
             modes.add(used)
             if note:
                 notes.append(note)
             done += len(paths)
             if not quiet:
                 print(f"ray: {done}/{len(cfgs)} runs done ({', '.join(Path(p).name for p in paths)})")
-        return ("+".join(sorted(modes)) or mode), (notes[0] if notes else None)
-    finally:
-        if own:
-            ray.shutdown()
+    return ("+".join(sorted(modes)) or mode), (notes[0] if notes else None)
