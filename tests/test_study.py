@@ -77,3 +77,18 @@ def test_evaluate_a_sweep_on_ray_scores_as_here(sweep_dir, capsys, monkeypatch, 
     for a, b in zip(here["settings"], there["settings"]):
         for key, s in a["scores"].items():
             assert b["scores"][key]["mean"] == pytest.approx(s["mean"], abs=1e-6), key
+
+
+def test_report_of_a_sweep_shows_the_study(sweep_dir, capsys, monkeypatch):
+    """`vaelab report SWEEP`: each run's report and SWEEP/comparison.html with the study table on top."""
+    monkeypatch.setenv("VAELAB_DATA", str(sweep_dir / "data"))
+    sw = sweep_dir / "sw"
+    assert main(["evaluate", str(sw), "--metrics", "mig", "--profile", "fast", "--jobs", "1", "--quiet"]) == 0
+    assert main(["report", str(sw), "--quiet"]) == 0
+    html = (sw / "comparison.html").read_text()
+    assert "Study: each setting" in html and html.count('href="quickstart-') == 4
+    study = json.loads((sw / "study.json").read_text())
+    first = study["settings"][0]["scores"]["mig.score"]
+    assert f"{first['mean']:.4f}"[:5] in html
+    for k in range(4):
+        assert (sw / f"quickstart-{k}" / "report.html").is_file()

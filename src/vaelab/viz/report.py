@@ -205,6 +205,7 @@ def run_facts(run_dir) -> dict:
         "hparams": {k: v for k, v in model.items() if k not in COMMON_MODEL_KEYS and not isinstance(v, dict)},
         "lr": {g: o.get("lr") for g, o in cfg.get("optim", {}).items() if isinstance(o, dict)},
         "batch_size": cfg.get("train", {}).get("batch_size"),
+        "seed": cfg.get("train", {}).get("seed"),
         "steps": max(steps) if steps else (int(cks[-1].name.split("-")[-1]) if cks else 0),
         "planned_steps": cfg.get("train", {}).get("steps"),
         "terms": last_terms([r for r in rows if not any(k.startswith("val.") for k in r)]),
@@ -553,9 +554,37 @@ def _write_page(path: Path, text: str) -> Path:
 
 
 # ====================================================================== comparison
-def comparison_html(facts: list[dict], reports: list[Path], out: Path) -> str:
+def _study_section(study) -> str:
+    """The study table (``vaelab evaluate SWEEP``'s study.json): per setting, mean ± std over seeds."""
+    if not isinstance(study, dict) or not isinstance(study.get("settings"), list) or not study["settings"]:
+        return ""
+    rows = study["settings"]
+    keys = sorted({k for r in rows for k in r.get("setting", {})})
+    scores = sorted({k for r in rows for k in r.get("scores", {})})
+    head = "".join(f"<th>{esc(k)}</th>" for k in keys) + "<th>runs</th>" + "".join(f"<th>{esc(k)}</th>" for k in scores)
+    body = []
+    for r in rows:
+        cells = [_num_td(r["setting"].get(k)) for k in keys] + [_num_td(r.get("runs"))]
+        for k in scores:
+            sc = r["scores"].get(k)
+            if sc is None:
+                cells.append('<td data-v=""></td>')
+            else:
+                text = f"{num(sc['mean'])} ± {num(sc['std'])}"
+                if sc["n"] != r["runs"]:
+                    text += f" (n={sc['n']})"
+                cells.append(f'<td class=n data-v="{esc(repr(float(sc["mean"])))}">{esc(text)}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f"<h2>Study: each setting's scores, mean ± std over seeds</h2>"
+            f'<div class=scroll><table class="sortable runs" id=study><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table></div>"
+            f"<p class=note>From study.json (<code>vaelab evaluate SWEEP</code>, seed {esc(study.get('seed'))}, "
+            f"profile {esc(study.get('profile'))}).</p>")
+
+
+def comparison_html(facts: list[dict], reports: list[Path], out: Path, study: dict | None = None) -> str:
     """The comparison page: one sortable row per run. Settings every run shares are listed once
-    above the table instead of as columns."""
+    above the table instead of as columns. ``study``: a study.json to show above the runs."""
     term_pref = ["loss", "recon", "kl"]
     term_keys = [k for k in term_pref if any(k in f["terms"] for f in facts)]
     term_keys += sorted({k for f in facts for k in f["terms"]
@@ -568,7 +597,8 @@ def comparison_html(facts: list[dict], reports: list[Path], out: Path) -> str:
              for k in sorted({k for f in facts for k in f["hparams"]})]
     cols += [(f"lr.{g}", (lambda g: lambda f: f["lr"].get(g))(g), True)
              for g in sorted({g for f in facts for g in f["lr"]})]
-    cols += [("batch", lambda f: f["batch_size"], True), ("steps", lambda f: f["steps"], False)]
+    cols += [("batch", lambda f: f["batch_size"], True), ("seed", lambda f: f.get("seed"), True),
+             ("steps", lambda f: f["steps"], False)]
     cols += [(k, (lambda k: lambda f: f["terms"].get(k))(k), False) for k in term_keys]
     cols += [(k, (lambda k: lambda f: f["val_terms"].get(k))(k), False)
              for k in sorted({k for f in facts for k in f["val_terms"]})]
@@ -600,7 +630,8 @@ def comparison_html(facts: list[dict], reports: list[Path], out: Path) -> str:
                                                       for k, v in shared if v is not None) + "</p>") if shared else ""
     note = ("<p class=note>Terms are the last logged training values (val.* the last validation); "
             "scores come from each run's eval.json (<code>vaelab evaluate</code>), one per metric.</p>")
-    return page("vaelab run comparison", intro + common_line + table + note, SORT_JS, wide=True)
+    return page("vaelab run comparison", intro + _study_section(study) + common_line + table + note, SORT_JS,
+                wide=True)
 
 
 def _num_td(v) -> str:
@@ -621,7 +652,8 @@ def write_comparison(runs, out=None, step: int | None = None, force: bool = Fals
     reports = [write_report(p, step=step, force=force, quiet=quiet) for p in paths]
     out = Path(out) if out else Path(os.path.commonpath([str(p.parent) for p in paths])) / "comparison.html"
     out = out.resolve()
-    return _write_page(out, comparison_html([run_facts(p) for p in paths], reports, out))
+    return _write_page(out, comparison_html([run_facts(p) for p in paths], reports, out,
+                                            study=read_json(out.parent / "study.json")))
 
 
 def report(runs, out=None, step: int | None = None, force: bool = False, quiet: bool = True) -> Path:
@@ -631,6 +663,18 @@ def report(runs, out=None, step: int | None = None, force: bool = False, quiet: 
     runs = list(runs) if isinstance(runs, (list, tuple)) else [runs]
     if not runs:
         raise VaelabError("report needs at least one run folder")
+    expanded = []
+    for r in runs:  # a sweep folder stands for its runs (its comparison page lands in it)
+        p = Path(getattr(r, "path", r))
+        if p.is_dir() and (p / "sweep.json").is_file() and not is_run_dir(p):
+            from ..metrics.study import runs_of
+
+            expanded += runs_of([p])[0]
+            if out is None and len(runs) == 1:
+                out = p / "comparison.html"
+        else:
+            expanded.append(r)
+    runs = expanded
     for r in runs:  # every folder is checked before any work starts
         p = Path(getattr(r, "path", r))
         if not p.is_dir():
