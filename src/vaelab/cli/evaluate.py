@@ -7,7 +7,7 @@ def register(sub):
     from ..metrics.evaluate import METRICS, PROFILES
 
     p = sub.add_parser(
-        "evaluate", help="score a run: BetaVAE, FactorVAE, MIG, SAP, DCI, modularity, IRS, unsupervised",
+        "evaluate", help="score a run or a sweep: BetaVAE, FactorVAE, MIG, SAP, DCI, modularity, IRS, ...",
         description="Score a trained run with the disentanglement metrics (disentanglement_lib's definitions "
                     "and study counts) and write RUN/eval.json. Several runs, or a sweep folder (made by "
                     "`vaelab sweep`), are scored one by one (an eval.json with the same settings at the same "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 def register(sub):
     p = sub.add_parser(
-        "sweep", help="train a grid of hyperparameters x seeds at once (one vmapped step)",
+        "sweep", help="train a grid of hyperparameters x seeds (vmapped on a GPU; torchrun ranks or Ray)",
         description="Train M runs of one preset: the product of every --grid and --seeds, one run folder "
                     "each (DIR/<name>-<k>/, opened by load_run like any run) and DIR/sweep.json. "
                     "--mode vmap trains all models in one vmapped step (the default on a GPU); runs that "

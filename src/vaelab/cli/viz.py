@@ -52,11 +52,12 @@ def register(sub):
     p.add_argument("--out", help="output folder (default: RUN/images)")
     p.set_defaults(func=run_plot)
 
-    p = sub.add_parser("report", help="one HTML page per run, or a comparison of several",
+    p = sub.add_parser("report", help="one HTML page per run, or a comparison of several (or of a sweep)",
                        description="Write RUN/report.html (curves, reconstructions, traversals, samples, KL, scores, "
                                    "experiments), rendering missing pictures. Several runs: also one comparison "
-                                   "page (default: their common parent/comparison.html).")
-    p.add_argument("runs", metavar="RUN", nargs="+", help="run folder(s)")
+                                   "page (default: their common parent/comparison.html). A sweep folder: its runs, and "
+                                   "SWEEP/comparison.html with the study table of `vaelab evaluate SWEEP` on top.")
+    p.add_argument("runs", metavar="RUN|SWEEP", nargs="+", help="run folder(s) or a sweep folder")
     p.add_argument("--out", help="HTML file to write (one run: instead of RUN/report.html; several: the "
                                  "comparison page)")
     p.add_argument("--step", type=int, help="use the checkpoint of this step (default: the newest)")
