@@ -1,7 +1,7 @@
 """vaelab: train, inspect and score disentangled variational autoencoders.
 
-The Python API mirrors the CLI: ``vaelab.train``, ``vaelab.load_run``, ``vaelab.evaluate``;
-datasets via ``vaelab.data.load``.
+The Python API mirrors the CLI: ``vaelab.train``, ``vaelab.load_run``, ``vaelab.evaluate``,
+``vaelab.sweep`` and ``vaelab.evaluate_runs`` (a sweep's study); datasets via ``vaelab.data.load``.
 """
 __version__ = "0.1.0"
 
@@ -15,4 +15,12 @@ def __getattr__(name):  # lazy: `import vaelab` stays cheap for the CLI
         from .metrics.evaluate import evaluate
 
         return evaluate
+    if name == "sweep":
+        from .training.sweep import sweep
+
+        return sweep
+    if name == "evaluate_runs":
+        from .metrics.study import evaluate_runs
+
+        return evaluate_runs
     raise AttributeError(f"module 'vaelab' has no attribute {name!r}")

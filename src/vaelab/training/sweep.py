@@ -635,6 +635,9 @@ def sweep(preset_or_config, grid=None, seeds=None, *, overrides=None, steps: int
         if ctx.active:  # torchrun: every N-th run here, on this rank's GPU
             for cfg in cfgs:
                 cfg.train.device = distributed.device_for(ctx, cfg.train.device)
+            dev = torch.device(cfgs[0].train.device)
+            if dev.type == "cuda":
+                torch.cuda.set_device(dev)  # streams and graph captures on this rank's GPU
         group = distributed.shard(cfgs, ctx) if ctx.active else cfgs
         created = distributed.setup(ctx, torch.device("cpu"), timeout_hours=24 * 7)
         try:
