@@ -169,6 +169,9 @@ def test_ray_task_errors_come_back_as_one_line(tmp_path, monkeypatch):
     with pytest.raises(VaelabError, match="must be at least 1"):
         sweep("quickstart", None, [0], steps=1, out=tmp_path / "x", backend="ray", runs_per_task=0, quiet=True,
               overrides=over)
+    with pytest.raises(VaelabError, match="must be 0 or more"):
+        sweep("quickstart", None, [0], steps=1, out=tmp_path / "x", backend="ray", gpus_per_task=-1, quiet=True,
+              overrides=over)
     with pytest.raises(VaelabError, match=r"a sweep task failed on Ray: .*missing\.npz") as e:
         sweep("quickstart", None, [0], steps=1, out=tmp_path / "x", backend="ray", quiet=True, overrides=over)
     assert "\n" not in str(e.value)

@@ -706,6 +706,8 @@ def _ray_sweep(cfgs, mode, resume, quiet, address, runs_per_task, gpus_per_task)
 
     if runs_per_task is not None and runs_per_task < 1:
         raise VaelabError(f"--runs-per-task must be at least 1, got {runs_per_task}")
+    if gpus_per_task is not None and not gpus_per_task >= 0:
+        raise VaelabError(f"--gpus-per-task must be 0 or more (a fraction shares a GPU), got {gpus_per_task}")
     with RaySession(address, quiet) as ray:
         if gpus_per_task is None:
             gpus_per_task = 1.0 if ray.gpus > 0 else 0.0

@@ -282,11 +282,11 @@ class Trainer:
         from ..viz.live import training_images
 
         idx = self.train_indices[:IMAGE_ROWS] if self.val_indices is None else self.val_indices[:IMAGE_ROWS]
+        if not self.main:
+            return
         x_u8 = self.sampler.images[idx.to(self.sampler.images.device)]
         out = self.run_dir / "images"
         out.mkdir(exist_ok=True)
-        if not self.main:
-            return
         for name, picture in training_images(self.model, x_u8, self.device).items():
             save_png(picture, out / f"{name}_step{self.step:08d}.png")
             self.logger.image(name, self.step, picture)
