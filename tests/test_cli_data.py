@@ -147,6 +147,10 @@ def test_fetch_from_local_server(capsys, data_home, shared_data):
     (["data", "fetch", "celeba"], ["img_align_celeba.zip"]),
     (["data", "import-voc", "no-such-folder"], ["no annotations folder at no-such-folder"]),
     (["data", "import-voc", ".", "--factor", "gaze_x"], ["--factor 'gaze_x': expected NAME=PATH"]),
+    (["data", "info", "mpi3d", "--variant", "bogus"], ["unknown MPI3D variant 'bogus'", "real_complex"]),
+    (["data", "info", "mpi3d", "--variant", "real"], ["mpi3d_real.npz", "rr-learning/disentanglement_dataset"]),
+    (["data", "info", "dsprites", "--variant", "real"], ["does not take --variant"]),
+    (["data", "info", "smallnorb"], ["vaelab data fetch smallnorb"]),
 ])
 def test_bad_input_exit_2_one_line(capsys, data_home, argv, expect):
     rc, _, err = run(argv, capsys)

@@ -183,3 +183,17 @@ def test_fetch_manual_and_unknown(data_home):
         fetch("mnistt")
     with pytest.raises(VaelabError, match="no file named"):
         fetch("mnist", files=["nope.gz"])
+
+
+def test_fetch_smallnorb_gz_files_where_the_loader_looks(server, data_home):
+    from vaelab.data.registry import get
+    from vaelab.data.smallnorb import FILES
+
+    for i, name in enumerate(FILES):
+        server.files[name + ".gz"] = _blob(500, seed=i)
+    lines = []
+    got = fetch("smallnorb", quiet=True, say=lines.append)
+    assert sorted(p.name for p in got) == sorted(f + ".gz" for f in FILES)
+    assert all((data_home / "smallnorb" / (f + ".gz")).read_bytes() == server.files[f + ".gz"] for f in FILES)
+    assert sum("no published checksum" in ln for ln in lines) == 6
+    assert get("smallnorb").present(data_home)

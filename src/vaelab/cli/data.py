@@ -116,6 +116,7 @@ def _load_args(p, root: bool = True) -> None:
                         "NAME = full or a box with CSV columns NAME_xmin, NAME_ymin, NAME_xmax, NAME_ymax)")
     p.add_argument("--box-scale", type=float, default=None, metavar="S",
                    help="image-folder: box values are pixels times S (XYS: 2; default 1)")
+    p.add_argument("--variant", default=None, help="mpi3d: toy, realistic, real or real_complex")
     p.add_argument("--root-a", default=None, help="mixtures: data of the first domain")
     p.add_argument("--root-b", default=None, help="mixtures: data of the second domain")
     _quiet(p)
@@ -141,7 +142,7 @@ def _session(args):
 def _options(args, loader) -> dict:
     """The loader options the user gave (refusing those this dataset does not take)."""
     given = {k: getattr(args, a) for k, a in (("preprocess", "preprocess"), ("channels", "channels"),
-                                               ("csv", "csv"), ("stack", "stack"), ("box_scale", "box_scale"),
+                                               ("csv", "csv"), ("stack", "stack"), ("box_scale", "box_scale"), ("variant", "variant"),
                                                ("root_a", "root_a"), ("root_b", "root_b"))
              if getattr(args, a, None) is not None}
     if getattr(args, "force", False):

@@ -10,6 +10,14 @@ Every loader returns one; metrics, the trainer and the UG-VAE experiments need n
   order (last factor fastest; SPEC.md section 6), so ``index_of`` is arithmetic.
   Other labelled sets (MNIST, CelebA attributes) are not grids: ``index_of`` refuses and
   ``images_for`` draws a random image among those carrying the requested factors.
+* A grid may have *hidden* factors with several values (SmallNORB's ``instance``, as dlib treats it):
+  every visible combination then has ``hidden_size`` images, stored consecutively, so image
+  ``visible_index * hidden_size + h`` shows hidden value ``h`` and ``len == prod(factor_sizes) *
+  hidden_size``. ``factors`` holds the visible factors only; ``meta["hidden_factors"]`` names the
+  hidden ones (size-1 ones too, as dSprites' colour). ``index_of``, ``images_for`` and ``sample``
+  draw the hidden value uniformly with the caller's ``rng`` (SPEC 5.0: "hidden factors filled at
+  random"); without an ``rng`` (or an explicit ``hidden=``) ``index_of`` refuses rather than
+  silently picking one instance.
 """
 from __future__ import annotations
 
@@ -55,10 +63,14 @@ class FactorDataset:
     name: str = "custom"
     source: str = ""
     meta: dict = field(default_factory=dict)
+    hidden_size: int = 1  # grid only: images per visible combination (hidden values), stored consecutively
 
     def __post_init__(self):
         self.images = _as_uint8_nchw(self.images)
         n = self.images.shape[0]
+        if isinstance(self.hidden_size, bool) or int(self.hidden_size) != self.hidden_size or self.hidden_size < 1:
+            raise VaelabError(f"hidden_size must be a positive integer, got {self.hidden_size!r}")
+        self.hidden_size = int(self.hidden_size)
         if self.factors is not None:
             if isinstance(self.factors, np.ndarray):
                 self.factors = torch.from_numpy(np.ascontiguousarray(self.factors, dtype=np.int64))
@@ -75,6 +87,13 @@ class FactorDataset:
                 self.factor_values = [np.arange(s, dtype=np.float64) for s in self.factor_sizes]
             if not (len(self.factor_names) == len(self.factor_sizes) == len(self.factor_values) == k):
                 raise VaelabError("factor_names, factor_sizes and factor_values must each have one entry per factor")
+        if self.hidden_size > 1:
+            if not (self.is_grid and self.has_factors):
+                raise VaelabError("hidden_size > 1 needs a factor grid (is_grid=True with factors)")
+            want = int(np.prod(self.factor_sizes)) * self.hidden_size
+            if n != want:
+                raise VaelabError(f"a grid of sizes {list(self.factor_sizes)} with {self.hidden_size} hidden values "
+                                  f"per combination holds {want:,} images, got {n:,}")
         self._lookup = None
 
     # ------------------------------------------------------------------ basics
@@ -100,6 +119,9 @@ class FactorDataset:
             kind = "full grid" if self.is_grid else "labelled set"
             lines.append(f"factors ({kind}): " + ", ".join(
                 f"{n} {s}" for n, s in zip(self.factor_names, self.factor_sizes)))
+            if self.hidden_size > 1:
+                names = ", ".join(self.meta.get("hidden_factors") or []) or "hidden"
+                lines.append(f"hidden: {names} ({self.hidden_size} images per combination, drawn at random)")
         else:
             lines.append("factors: none")
         if self.source:
@@ -107,7 +129,8 @@ class FactorDataset:
         return "\n".join(lines)
 
     def subset(self, indices) -> "FactorDataset":
-        """A labelled (non-grid) dataset holding ``images[indices]`` (copied)."""
+        """A labelled (non-grid) dataset holding ``images[indices]`` (copied); hidden factors become
+        ordinary repeats (``images_for`` draws among the images of a combination)."""
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.int64)
         return FactorDataset(
             images=self.images[idx].clone(),
@@ -130,8 +153,12 @@ class FactorDataset:
         rows = rng.integers(0, len(self), size=n)
         return self.factors[torch.from_numpy(rows)].numpy().copy()
 
-    def index_of(self, factors) -> np.ndarray:
-        """Dataset indices of factor rows (grid datasets only; canonical row-major order)."""
+    def index_of(self, factors, rng: np.random.Generator | None = None, hidden=None) -> np.ndarray:
+        """Dataset indices of factor rows (grid datasets only; canonical row-major order).
+
+        With hidden factors (``hidden_size > 1``) the hidden value of each row is ``hidden`` (an int or
+        one per row) if given, else drawn uniformly with ``rng`` (one ``rng.integers(hidden_size, size=rows)``
+        call); with neither it is an error. Without hidden factors ``rng`` is not touched."""
         self._require_factors("index_of")
         if not self.is_grid:
             raise VaelabError(f"dataset {self.name!r} is not a full factor grid: index_of is undefined")
@@ -139,19 +166,36 @@ class FactorDataset:
         if f.ndim == 1:
             f = f[None]
         sizes = np.asarray(self.factor_sizes, dtype=np.int64)
-        if f.shape[1] != len(sizes) or (f < 0).any() or (f >= sizes).any():
+        if f.ndim != 2 or f.shape[1] != len(sizes) or (f < 0).any() or (f >= sizes).any():
             raise VaelabError(f"factor rows out of range for sizes {self.factor_sizes}")
         bases = np.concatenate([np.cumprod(sizes[::-1])[::-1][1:], [1]])
-        return f @ bases
+        visible = f @ bases
+        if self.hidden_size == 1:
+            return visible
+        if hidden is not None:
+            try:
+                h = np.broadcast_to(np.asarray(hidden, dtype=np.int64), visible.shape)
+            except ValueError:
+                raise VaelabError(f"hidden= must be one value or one per factor row ({len(visible)})") from None
+            if (h < 0).any() or (h >= self.hidden_size).any():
+                raise VaelabError(f"hidden values must lie in [0, {self.hidden_size})")
+        elif rng is not None:
+            h = rng.integers(0, self.hidden_size, size=len(visible))
+        else:
+            names = ", ".join(self.meta.get("hidden_factors") or []) or "a hidden factor"
+            raise VaelabError(f"dataset {self.name!r} has {self.hidden_size} images per factor combination "
+                              f"({names}): pass rng= to draw one at random, or hidden= to choose it")
+        return visible * self.hidden_size + h
 
     def images_for(self, factors, rng: np.random.Generator | None = None) -> torch.Tensor:
         """uint8 images ``B x C x H x W`` showing the given factor rows.
 
-        Grid: the unique image. Labelled set: a random image among those with exactly
-        these factors (``rng`` required); a combination never seen is an error."""
+        Grid: the unique image, or with hidden factors one drawn with ``rng`` (required then).
+        Labelled set: a random image among those with exactly these factors (``rng``; seed 0 when
+        omitted); a combination never seen is an error."""
         self._require_factors("images_for")
         if self.is_grid:
-            return self.images[torch.from_numpy(self.index_of(factors))]
+            return self.images[torch.from_numpy(self.index_of(factors, rng))]
         if rng is None:
             rng = np.random.default_rng(0)
         lookup = self._combination_lookup()
@@ -175,11 +219,12 @@ class FactorDataset:
         return self._lookup
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, torch.Tensor]:
-        """``n`` i.i.d. (factors, images) pairs, as the i.i.d. metrics draw them."""
+        """``n`` i.i.d. (factors, images) pairs, as the i.i.d. metrics draw them (hidden values
+        drawn after the visible factors)."""
         self._require_factors("sample")
         if self.is_grid:
             f = self.sample_factors(n, rng)
-            return f, self.images_for(f)
+            return f, self.images_for(f, rng)
         rows = torch.from_numpy(rng.integers(0, len(self), size=n))
         return self.factors[rows].numpy().copy(), self.images[rows]
 

@@ -43,6 +43,7 @@ class RemoteFile:
 
 
 _MNIST = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # torchvision's mirror of yann.lecun.com
+_NORB = "https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/"  # the URL dlib's norb.py names
 REMOTE: dict[str, list[RemoteFile]] = {
     "dsprites": [RemoteFile(
         "https://github.com/deepmind/dsprites-dataset/raw/master/dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz",
@@ -60,6 +61,10 @@ REMOTE: dict[str, list[RemoteFile]] = {
     ],
     "chairs": [RemoteFile("https://www.di.ens.fr/willow/research/seeing3Dchairs/data/rendered_chairs.tar",
                           "chairs/rendered_chairs.tar")],
+    # SmallNORB, both splits (dlib merges them); read gzipped as distributed; no published checksum
+    "smallnorb": [RemoteFile(f"{_NORB}{stem}-{part}.mat.gz", f"smallnorb/{stem}-{part}.mat.gz")
+                  for stem in ("smallnorb-5x46789x9x18x6x2x96x96-training", "smallnorb-5x01235x9x18x6x2x96x96-testing")
+                  for part in ("dat", "cat", "info")],
     # Cars3D as dlib downloads it (Reed et al. 2015); the car_*_mesh.mat files are extracted from it
     "cars": [RemoteFile("http://www.scottreed.info/files/nips2015-analogy-data.tar.gz",
                         "cars/nips2015-analogy-data.tar.gz")],
@@ -72,6 +77,10 @@ MANUAL = {
     "faces": "put your face images (a folder, zip or tar; e.g. 3D FACES renders, which are not redistributable) "
              "in {dir}/faces",
     "image-folder": "image-folder reads your own images: pass --root PATH",
+    # the links in old copies of its README are dead (rr-learning/disentanglement_dataset#3, #4)
+    "mpi3d": "MPI3D has no download here: get mpi3d_toy.npz, mpi3d_realistic.npz, mpi3d_real.npz or "
+             "real3d_complicated_shapes_ordered.npz from the links in the README of "
+             "https://github.com/rr-learning/disentanglement_dataset and put it in {dir}/mpi3d",
 }
 MANUAL["celeba_faces"] = MANUAL["celeba"] + "; and " + MANUAL["faces"]
 MANUAL["celeba_faces_batch"] = MANUAL["celeba_faces"]

@@ -72,7 +72,7 @@ def names() -> list[str]:
     return sorted(REGISTRY)
 
 
-_SOURCES = ("dsprites", "procedural", "shapes3d", "mnist", "images", "mixtures")
+_SOURCES = ("dsprites", "procedural", "shapes3d", "smallnorb", "mpi3d", "mnist", "images", "mixtures")
 
 
 def _import_sources():
@@ -124,7 +124,8 @@ def missing_data(name: str, looked: Path | str, how: str | None = None) -> Vaela
 
 
 def require_grid_split(name: str, split: str) -> None:
-    """Full factor grids (dSprites, 3D Shapes) have one split; held-out images come from splits.py."""
+    """Full factor grids (dSprites, 3D Shapes, SmallNORB, MPI3D) have one split; held-out images come
+    from splits.py."""
     if split not in ("train", "all"):
         raise VaelabError(f"{name} has no {split!r} split (it is one factor grid); use split='train' and "
                           f"vaelab.data.splits.train_val_split for held-out images")

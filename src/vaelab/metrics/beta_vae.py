@@ -15,7 +15,8 @@ from .info import WarningCounter, estimator_seed
 
 # dlib beta_vae_sklearn.gin: batch_size 64, num_train 10000, num_eval 5000
 DEFAULTS = dict(batch_size=64, num_train=10_000, num_eval=5_000)
-_CHUNK_ROWS = 1 << 17  # codes gathered per step (bounds memory; draws do not depend on it)
+_CHUNK_ROWS = 1 << 17  # codes gathered per step (bounds memory; factor draws do not depend on it, hidden
+# values such as SmallNORB instances are drawn chunk by chunk)
 
 
 def _points(sampler, n: int, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -458,7 +458,7 @@ def evaluate(run_or_encode, dataset=None, metrics="all", seed: int = 0, profile:
         "skipped": skipped,
         "dataset": {"name": dataset.name, "num_images": len(dataset), "image_shape": list(dataset.image_shape),
                     "factor_names": list(dataset.factor_names), "factor_sizes": [int(s) for s in dataset.factor_sizes],
-                    "is_grid": bool(dataset.is_grid)},
+                    "is_grid": bool(dataset.is_grid), "hidden_size": int(getattr(dataset, "hidden_size", 1))},
         "num_latents": sampler.num_latents,
         "images_encoded": sampler.images_encoded,
         "seconds": seconds,

@@ -3,8 +3,11 @@
 ``encode(uint8 images B x C x H x W) -> B x D`` posterior means is deterministic, so codes are cached
 per dataset row: BetaVAE's 1.92 M draws and FactorVAE's 0.97 M draws on dSprites touch at most its
 737,280 distinct images, and each is encoded once, in large batches, however many metrics use it.
-Gathers are vectorised (``dataset.index_of`` on whole index arrays). A dataset whose ``images_for`` or
-``sample`` is overridden (e.g. random colours per draw) is encoded draw by draw instead.
+Gathers are vectorised (``dataset.index_of`` on whole index arrays). Hidden factors (SmallNORB's
+instance, ``dataset.hidden_size > 1``) are drawn per image with the metric's generator inside
+``index_of``, so each drawn row is still one dataset row and the cache holds. A dataset whose
+``images_for`` or ``sample`` is overridden (e.g. random colours per draw) is encoded draw by draw instead
+(the same draws for a grid without hidden factors; with them, hidden values drawn batch by batch).
 """
 from __future__ import annotations
 
@@ -125,7 +128,7 @@ class CodeSampler:
         """Codes of images showing the factor rows ``M x K`` (hidden factors filled at random)."""
         ds = self.dataset
         if self.cached and ds.is_grid:
-            return self.codes_at(ds.index_of(factors))
+            return self.codes_at(ds.index_of(factors, rng))
         outs = []
         for i in range(0, len(factors), self.batch_size):
             outs.append(self.encode_images(ds.images_for(factors[i:i + self.batch_size], rng)))
@@ -158,7 +161,7 @@ class CodeSampler:
             return np.asarray(f, dtype=np.int64), self.encode_images(images)
         if ds.is_grid:
             f = ds.sample_factors(n, rng)
-            return f, self.codes_at(ds.index_of(f))
+            return f, self.codes_at(ds.index_of(f, rng))
         rows = rng.integers(0, len(ds), size=n)
         return ds.factors[torch.from_numpy(rows)].numpy().copy(), self.codes_at(rows)
 
