@@ -141,7 +141,7 @@ def main(argv=None):
         ds = load_grid(args.data, args.image_size)
         encode = make_encoder(args.encoder, ds.image_shape)
     t_data = time.perf_counter() - t0
-    probe = ds.images[:4096]
+    probe = ds.gather(slice(0, 4096))
     t1 = time.perf_counter()
     encode(probe)
     rate = len(probe) / (time.perf_counter() - t1)

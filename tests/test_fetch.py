@@ -197,3 +197,23 @@ def test_fetch_smallnorb_gz_files_where_the_loader_looks(server, data_home):
     assert all((data_home / "smallnorb" / (f + ".gz")).read_bytes() == server.files[f + ".gz"] for f in FILES)
     assert sum("no published checksum" in ln for ln in lines) == 6
     assert get("smallnorb").present(data_home)
+
+
+def test_fetch_the_scream_where_dsprites_scream_looks(server, data_home, shared_data):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from vaelab.data import load
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (600, 480, 3), dtype=np.uint8)).save(buf, "JPEG")
+    server.files["The_Scream.jpg"] = buf.getvalue()  # dlib's Wikimedia file name
+    got = fetch("dsprites-scream", files=["scream.jpg"], quiet=True, say=lambda s: None)
+    assert got == [data_home / "scream" / "scream.jpg"] and got[0].read_bytes() == buf.getvalue()
+    npz = shared_data / "dsprites" / "dsprites_downsampled.npz"
+    if npz.is_file():
+        ds = load("dsprites-scream", root=npz)
+        assert (ds.view.height, ds.view.width) == (274, 219)  # 480 x 600 fitted into 350 x 274
+        assert ds.image_shape == (3, 64, 64)

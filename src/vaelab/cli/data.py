@@ -117,6 +117,10 @@ def _load_args(p, root: bool = True) -> None:
     p.add_argument("--box-scale", type=float, default=None, metavar="S",
                    help="image-folder: box values are pixels times S (XYS: 2; default 1)")
     p.add_argument("--variant", default=None, help="mpi3d: toy, realistic, real or real_complex")
+    p.add_argument("--base", choices=("npz", "procedural"), default=None,
+                   help="dsprites-color/-noisy/-scream: build on the official npz (default) or the renderer (no file)")
+    p.add_argument("--painting", default=None, metavar="PATH",
+                   help="dsprites-scream: the image of The Scream (default: scream/scream.jpg in the data directory)")
     p.add_argument("--root-a", default=None, help="mixtures: data of the first domain")
     p.add_argument("--root-b", default=None, help="mixtures: data of the second domain")
     _quiet(p)
@@ -143,6 +147,7 @@ def _options(args, loader) -> dict:
     """The loader options the user gave (refusing those this dataset does not take)."""
     given = {k: getattr(args, a) for k, a in (("preprocess", "preprocess"), ("channels", "channels"),
                                                ("csv", "csv"), ("stack", "stack"), ("box_scale", "box_scale"), ("variant", "variant"),
+                                               ("base", "base"), ("painting", "painting"),
                                                ("root_a", "root_a"), ("root_b", "root_b"))
              if getattr(args, a, None) is not None}
     if getattr(args, "force", False):
@@ -209,7 +214,9 @@ def cmd_info(args) -> int:
 
     with _session(args):
         spec = get(args.name)
-        static = (args.root is None and not spec.needs_files and not spec.needs_root and spec.count
+        _options(args, spec.loader)  # refuse options this dataset does not take, even when nothing loads
+        generated = not spec.needs_files or (getattr(args, "base", None) == "procedural" and args.painting is None)
+        static = (args.root is None and generated and not spec.needs_root and spec.count
                   and spec.image_shape and args.size is None and args.split in ("train", "all"))
         if static:  # generated data (procedural dSprites): report the spec, render nothing
             c, h, w = spec.image_shape
@@ -251,7 +258,9 @@ def cmd_show(args) -> int:
         idx = np.sort(rng.choice(len(ds), size=n, replace=False))
         import torch
 
-        images = ds.images[torch.from_numpy(idx)]
+        from ..data.views import torch_generator
+
+        images = ds.gather(torch.from_numpy(idx), torch_generator(args.seed))
         nrow = args.nrow or max(1, math.ceil(math.sqrt(n)))
         path = save_png(make_grid(images, nrow=nrow), args.out)
         print(f"wrote {path} ({n} images of {ds.name}, seed {args.seed})")

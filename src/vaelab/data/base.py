@@ -18,6 +18,11 @@ Every loader returns one; metrics, the trainer and the UG-VAE experiments need n
   draw the hidden value uniformly with the caller's ``rng`` (SPEC 5.0: "hidden factors filled at
   random"); without an ``rng`` (or an explicit ``hidden=``) ``index_of`` refuses rather than
   silently picking one instance.
+* A *view* (``view``, :mod:`vaelab.data.views`) maps the stored gather to the shown images, drawing
+  noise that is not a factor anew on every gather (dlib's colour / noisy / scream dSprites: 1-channel
+  masks stored, 3 channels shown). ``gather(idx, generator)`` is the one way to get the images a
+  model sees; ``image_shape`` is the shown shape (nets are built for it), ``stored_shape`` that of
+  ``images``. Without a view ``gather(idx)`` is ``images[idx]``.
 """
 from __future__ import annotations
 
@@ -64,6 +69,7 @@ class FactorDataset:
     source: str = ""
     meta: dict = field(default_factory=dict)
     hidden_size: int = 1  # grid only: images per visible combination (hidden values), stored consecutively
+    view: object = None  # stored gather -> shown images (vaelab.data.views), or None: shown = stored
 
     def __post_init__(self):
         self.images = _as_uint8_nchw(self.images)
@@ -94,6 +100,11 @@ class FactorDataset:
             if n != want:
                 raise VaelabError(f"a grid of sizes {list(self.factor_sizes)} with {self.hidden_size} hidden values "
                                   f"per combination holds {want:,} images, got {n:,}")
+        if self.view is not None:
+            if not callable(self.view) or not hasattr(self.view, "shown_shape"):
+                raise VaelabError("view must be an image view (vaelab.data.views.ImageView), got "
+                                  f"{type(self.view).__name__}")
+            self.view.shown_shape(self.stored_shape)  # refuses images it cannot show
         self._lookup = None
 
     # ------------------------------------------------------------------ basics
@@ -101,8 +112,38 @@ class FactorDataset:
         return int(self.images.shape[0])
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
+    def stored_shape(self) -> tuple[int, int, int]:
+        """``C x H x W`` of ``images`` as stored."""
         return tuple(int(s) for s in self.images.shape[1:])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``C x H x W`` of the images a model sees (``gather``): the stored shape unless a view changes it."""
+        if self.view is None:
+            return self.stored_shape
+        return tuple(int(s) for s in self.view.shown_shape(self.stored_shape))
+
+    def gather(self, idx, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The shown uint8 images at ``idx`` (tensor, numpy array, list, range, slice or int): ``images[idx]``
+        through the view, whose noise comes from ``generator`` (default: the default generator of the
+        images' device). Without a view: ``images[idx]`` exactly."""
+        from .views import show
+
+        if isinstance(idx, np.ndarray):
+            idx = torch.from_numpy(idx)
+        elif isinstance(idx, (list, tuple, range)):
+            idx = torch.as_tensor(idx, dtype=torch.int64)
+        return show(self.images[idx], self.view, generator)
+
+    def to(self, device) -> "FactorDataset":
+        """A shallow copy with the images (and the view's tensors) on ``device``."""
+        import copy
+
+        out = copy.copy(self)
+        out.images = self.images.to(device)
+        if self.view is not None:
+            out.view = self.view.to(out.images.device)
+        return out
 
     @property
     def has_factors(self) -> bool:
@@ -124,6 +165,9 @@ class FactorDataset:
                 lines.append(f"hidden: {names} ({self.hidden_size} images per combination, drawn at random)")
         else:
             lines.append("factors: none")
+        if self.view is not None:
+            sc, sh, sw = self.stored_shape
+            lines.append(f"view {self.view.describe()}; stored {sc} x {sh} x {sw}, noise drawn anew per gather")
         if self.source:
             lines.append(f"source: {self.source}")
         return "\n".join(lines)
@@ -137,7 +181,7 @@ class FactorDataset:
             factors=None if self.factors is None else self.factors[idx].clone(),
             factor_names=list(self.factor_names), factor_sizes=list(self.factor_sizes),
             factor_values=list(self.factor_values), is_grid=False, name=self.name,
-            source=self.source, meta=dict(self.meta))
+            source=self.source, meta=dict(self.meta), view=self.view)
 
     # ------------------------------------------------------------------ factors
     def _require_factors(self, what: str):
@@ -188,14 +232,15 @@ class FactorDataset:
         return visible * self.hidden_size + h
 
     def images_for(self, factors, rng: np.random.Generator | None = None) -> torch.Tensor:
-        """uint8 images ``B x C x H x W`` showing the given factor rows.
+        """uint8 images ``B x C x H x W`` showing the given factor rows (shown through the view).
 
         Grid: the unique image, or with hidden factors one drawn with ``rng`` (required then).
         Labelled set: a random image among those with exactly these factors (``rng``; seed 0 when
-        omitted); a combination never seen is an error."""
+        omitted); a combination never seen is an error. With a view, its noise comes from a torch
+        generator seeded by one more draw from ``rng`` (the default generator without ``rng``)."""
         self._require_factors("images_for")
         if self.is_grid:
-            return self.images[torch.from_numpy(self.index_of(factors, rng))]
+            return self._shown(torch.from_numpy(self.index_of(factors, rng)), rng)
         if rng is None:
             rng = np.random.default_rng(0)
         lookup = self._combination_lookup()
@@ -206,7 +251,15 @@ class FactorDataset:
             if candidates is None:
                 raise VaelabError(f"no image in {self.name!r} has factors {row.tolist()}")
             out[i] = candidates[rng.integers(len(candidates))]
-        return self.images[torch.from_numpy(out)]
+        return self._shown(torch.from_numpy(out), rng)
+
+    def _shown(self, idx: torch.Tensor, rng: np.random.Generator | None) -> torch.Tensor:
+        """``gather(idx)`` with the view's noise from ``rng`` (which is not touched without a view)."""
+        if self.view is None:
+            return self.images[idx]
+        from .views import torch_generator
+
+        return self.gather(idx, torch_generator(rng, self.images.device))
 
     def _combination_lookup(self) -> dict:
         if self._lookup is None:
@@ -226,18 +279,19 @@ class FactorDataset:
             f = self.sample_factors(n, rng)
             return f, self.images_for(f, rng)
         rows = torch.from_numpy(rng.integers(0, len(self), size=n))
-        return self.factors[rows].numpy().copy(), self.images[rows]
+        return self.factors[rows].numpy().copy(), self._shown(rows, rng)
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_arrays(cls, images, factors=None, factor_names: Sequence[str] | None = None,
                     factor_sizes: Sequence[int] | None = None, factor_values=None,
-                    name: str = "custom") -> "FactorDataset":
+                    name: str = "custom", view=None) -> "FactorDataset":
         """Wrap a user's arrays. A full grid (every combination once) is detected and put in
-        canonical order; anything else is a labelled set. Size-1 factors are dropped."""
+        canonical order; anything else is a labelled set. Size-1 factors are dropped. ``view``: an
+        optional image view (:mod:`vaelab.data.views`)."""
         images = _as_uint8_nchw(images)
         if factors is None:
-            return cls(images=images, name=name)
+            return cls(images=images, name=name, view=view)
         f = np.asarray(factors)
         if f.ndim != 2 or f.shape[0] != images.shape[0]:
             raise VaelabError(f"factors must be N x K with N = {images.shape[0]}, got shape {f.shape}")
@@ -269,4 +323,4 @@ class FactorDataset:
                     images = images[torch.from_numpy(order)]
                     f = f[order]
         return cls(images=images, factors=torch.from_numpy(np.ascontiguousarray(f)), factor_names=names,
-                   factor_sizes=sizes, factor_values=values, is_grid=is_grid, name=name)
+                   factor_sizes=sizes, factor_values=values, is_grid=is_grid, name=name, view=view)

@@ -68,9 +68,14 @@ REMOTE: dict[str, list[RemoteFile]] = {
     # Cars3D as dlib downloads it (Reed et al. 2015); the car_*_mesh.mat files are extracted from it
     "cars": [RemoteFile("http://www.scottreed.info/files/nips2015-analogy-data.tar.gz",
                         "cars/nips2015-analogy-data.tar.gz")],
+    # The Scream for dsprites-scream: the file and place dlib's bin/dlib_download_data uses (no checksum)
+    "scream": [RemoteFile("https://upload.wikimedia.org/wikipedia/commons/f/f4/The_Scream.jpg",
+                          "scream/scream.jpg")],
 }
 ALIASES = {"mnist_inverted_mix": ["mnist"], "mnist_inverted_mix_batch": ["mnist"],
-           "cars_chairs": ["cars", "chairs"], "cars_chairs_batch": ["cars", "chairs"]}
+           "cars_chairs": ["cars", "chairs"], "cars_chairs_batch": ["cars", "chairs"],
+           # dlib's dSprites variants: the official npz (not needed with base = "procedural") and the painting
+           "dsprites-color": ["dsprites"], "dsprites-noisy": ["dsprites"], "dsprites-scream": ["dsprites", "scream"]}
 MANUAL = {
     "celeba": "CelebA is distributed through Google Drive: download img_align_celeba.zip, list_attr_celeba.txt "
               "and list_eval_partition.txt from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html into {dir}/celeba",

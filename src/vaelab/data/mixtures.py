@@ -24,6 +24,9 @@ def mixture(a: FactorDataset, b: FactorDataset, name: str = "mixture",
             domain_names: tuple[str, str] | None = None) -> FactorDataset:
     """Images of ``a`` then ``b`` (grey is repeated to RGB when the other is RGB; sizes must match),
     with the single factor ``domain`` (0 = a, 1 = b). The images are copied into one tensor."""
+    if a.view is not None or b.view is not None:
+        raise VaelabError(f"{name}: cannot mix a dataset with an image view ({a.name if a.view is not None else b.name}: "
+                          f"noise drawn per gather); mix datasets of stored images")
     ia, ib = a.images, b.images
     if ia.shape[2:] != ib.shape[2:]:
         raise VaelabError(f"{name}: {a.name} images are {ia.shape[2]} x {ia.shape[3]} but {b.name} images are "

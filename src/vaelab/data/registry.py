@@ -72,7 +72,7 @@ def names() -> list[str]:
     return sorted(REGISTRY)
 
 
-_SOURCES = ("dsprites", "procedural", "shapes3d", "smallnorb", "mpi3d", "mnist", "images", "mixtures")
+_SOURCES = ("dsprites", "procedural", "dsprites_variants", "shapes3d", "smallnorb", "mpi3d", "mnist", "images", "mixtures")
 
 
 def _import_sources():

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.base import FactorDataset
 from ..errors import VaelabError
 
 EXPERIMENTS_DIR = "experiments"
@@ -72,8 +73,9 @@ def model_dims(model) -> dict:
             "net": model.net_name, "image_shape": list(model.image_shape)}
 
 
-def check_images_fit(model, images: torch.Tensor, what: str) -> None:
-    shape = tuple(int(s) for s in images.shape[1:])
+def check_images_fit(model, images, what: str) -> None:
+    """``images``: a uint8 tensor N x C x H x W or a FactorDataset (its shown shape)."""
+    shape = tuple(int(s) for s in (images.image_shape if isinstance(images, FactorDataset) else images.shape[1:]))
     if shape != tuple(model.image_shape):
         raise VaelabError(f"{what} has images of shape {shape} but the model takes {tuple(model.image_shape)}")
 
@@ -85,8 +87,9 @@ def _device_of(model) -> torch.device:
 
 
 @torch.no_grad()
-def encode_batches(model, images: torch.Tensor, batches, chunk_images: int = 8192) -> dict:
-    """Encode batches of a uint8 image tensor.
+def encode_batches(model, images, batches, chunk_images: int = 8192, generator=None) -> dict:
+    """Encode batches of a uint8 image tensor, or of a FactorDataset's shown images (``gather``, a
+    view's noise from ``generator``).
 
     ``batches``: int array n×B of indices into ``images`` (each row one batch, the unit of global
     inference). Returns ``mu_beta`` (n×dβ) and ``logvar_beta`` (n×dβ) of q(β|X) for each batch (π from
@@ -102,7 +105,8 @@ def encode_batches(model, images: torch.Tensor, batches, chunk_images: int = 819
     mu_beta, lv_beta, mu_z = [], [], []
     for s in range(0, n, per_chunk):
         idx = torch.from_numpy(batches[s:s + per_chunk].reshape(-1))
-        x = images[idx].to(dev).float().div_(255.0)
+        x = (images.gather(idx, generator) if isinstance(images, FactorDataset) else images[idx])
+        x = x.to(dev).float().div_(255.0)
         mu, m, logs2 = model.image_contributions(x)  # per image (BatchNorm in eval mode)
         c = len(idx) // b
         mb, lb = pool_gaussians(m.reshape(c, b, -1), logs2.reshape(c, b, -1), dim=1)

@@ -34,7 +34,7 @@ _INVERTED_SUFFIXES = ("-inverted", "_inverted")
 
 def _to_model_images(ds, model, name: str, notes: list) -> torch.Tensor:
     """The dataset's images with the model's channels and size (grey <-> RGB, area resize), noted."""
-    x = ds.images
+    x = ds.images if ds.view is None else ds.gather(slice(None))  # a view: every image shown once
     c, h, w = model.image_shape
     if x.shape[1] != c:
         if x.shape[1] == 1 and c == 3:

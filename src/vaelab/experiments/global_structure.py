@@ -64,7 +64,7 @@ def run_global_structure(run, *, kind: str = "auto", attribute: str = "Male", at
     run = common.ugvae_run(run)
     model = run.model
     ds = common.run_dataset(run, split)
-    common.check_images_fit(model, ds.images, f"dataset {ds.name!r}")
+    common.check_images_fit(model, ds, f"dataset {ds.name!r}")
     kind = pick_kind(ds, kind, attribute)
     n_random = int(random_batches if random_batches is not None else DEFAULT_RANDOM[kind])
     bs = int(batch_size or run.cfg.train.batch_size)
@@ -101,7 +101,7 @@ def _attributes(res, ds, model, attribute, n_attr, n_random, bs, rng, embed, see
     b_rand = common.random_batches(np.arange(len(ds)), n_random, bs, rng)
     b_pos = common.random_batches(pos, n_attr, bs, rng)
     b_neg = common.random_batches(neg, n_attr, bs, rng)
-    enc = common.encode_batches(model, ds.images, np.concatenate([b_rand, b_pos, b_neg]))
+    enc = common.encode_batches(model, ds, np.concatenate([b_rand, b_pos, b_neg]))
     mb = enc["mu_beta"]
     lab = np.concatenate([np.zeros(n_random, np.int64), np.ones(n_attr, np.int64), np.full(n_attr, 2, np.int64)])
     names = {0: "random", 1: attribute, 2: f"not {attribute}"}
@@ -142,7 +142,7 @@ def _series(res, ds, model, n_series, n_random, n_local, bs, rng, embed, seed, f
     sampler = SeriesSampler(labels, RULES, batch_size=bs)
     b_ser, d_ser, r_ser = sampler.batches(n_series, rng)
     b_rand = common.random_batches(np.arange(len(ds)), n_random, bs, rng)
-    enc = common.encode_batches(model, ds.images, np.concatenate([b_ser, b_rand]))
+    enc = common.encode_batches(model, ds, np.concatenate([b_ser, b_rand]))
     mb = enc["mu_beta"]
     rule_names = ["random", *RULES]
     rule_lab = np.concatenate([np.array([1 + RULES.index(r) for r in r_ser], np.int64),

@@ -152,12 +152,13 @@ def run_interpolation(run, *, variant: str = "both", steps: int = 7, batch_size:
 
     if variant in ("encoding", "both"):
         ds = common.run_dataset(run, split)
-        common.check_images_fit(model, ds.images, f"dataset {ds.name!r}")
+        common.check_images_fit(model, ds, f"dataset {ds.name!r}")
         ia, ib, how = _pick_pair(ds, bs, rng)
-        out = encoding_grid(model, ds.images[torch.from_numpy(ia)], ds.images[torch.from_numpy(ib)], steps)
+        xa, xb = ds.gather(torch.from_numpy(ia)), ds.gather(torch.from_numpy(ib))
+        out = encoding_grid(model, xa, xb, steps)
         grid = out["grid"]
-        img_a = ds.images[int(ia[0])].float() / 255.0
-        img_b = ds.images[int(ib[0])].float() / 255.0
+        img_a = xa[0].float() / 255.0
+        img_b = xb[0].float() / 255.0
         res.figures(_encoding_figure(res.dir, grid, img_a, img_b, f"{ds.name}: {how}", formats))
         if raw_grids:
             res.figures([common.save_array_png(common.tile(grid), res.dir / "encoding_grid.png")])

@@ -153,7 +153,9 @@ def _run_latent(sampler, seed, kw, ctx):
         rows = np.random.default_rng(seed).integers(0, len(ds), size=kw.get("num_train", 10_000))
         import torch
 
-        mu, logvar = params(ds.images[torch.from_numpy(np.sort(rows))])
+        from ..data.views import torch_generator
+
+        mu, logvar = params(ds.gather(torch.from_numpy(np.sort(rows)), torch_generator(seed)))
         kl = kl_per_latent(mu, logvar)
         out["kl_per_latent"] = kl.tolist()
         out["kl_total"] = float(kl.sum())

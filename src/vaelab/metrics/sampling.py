@@ -8,6 +8,13 @@ instance, ``dataset.hidden_size > 1``) are drawn per image with the metric's gen
 ``index_of``, so each drawn row is still one dataset row and the cache holds. A dataset whose
 ``images_for`` or ``sample`` is overridden (e.g. random colours per draw) is encoded draw by draw instead
 (the same draws for a grid without hidden factors; with them, hidden values drawn batch by batch).
+
+So is a dataset with an image view (dlib's colour / noisy / scream dSprites, :mod:`vaelab.data.views`):
+as in dlib, every drawn image gets fresh noise, even when the same row is drawn twice (caching codes
+per row would fix the noise per row for the whole evaluation). The noise comes from a torch generator
+seeded by one draw from the metric's generator per batch, so scores stay reproducible from
+``eval.seed``; the price is encoding every draw (BetaVAE and FactorVAE on dSprites: about 2.9 M images
+instead of the at most 737,280 distinct ones).
 """
 from __future__ import annotations
 
@@ -45,8 +52,10 @@ class CodeSampler:
         self.batch_size = int(batch_size)
         self.progress = progress
         cls = type(dataset)
-        # rows are a pure function of the draw only when the base class's sampling is in use
-        self.cached = (cls.images_for is FactorDataset.images_for and cls.sample is FactorDataset.sample)
+        # rows are a pure function of the draw only when the base class's sampling is in use and no
+        # view adds noise per gather (see the module docstring)
+        self.cached = (cls.images_for is FactorDataset.images_for and cls.sample is FactorDataset.sample
+                       and dataset.view is None)
         self._codes: np.ndarray | None = None
         self._have = np.zeros(len(dataset), dtype=bool)
         self.num_latents: int | None = None
@@ -101,7 +110,9 @@ class CodeSampler:
             self._bar = None
 
     def codes_at(self, rows) -> np.ndarray:
-        """Codes of dataset rows (any shape of int array; result ``rows.shape + (D,)``)."""
+        """Codes of dataset rows (any shape of int array; result ``rows.shape + (D,)``), each row encoded
+        once (with a view: its noise drawn once, from the default generator, and kept; the samplers
+        below do not use this cache for such datasets)."""
         rows = np.asarray(rows, dtype=np.int64)
         flat = rows.reshape(-1)
         need = flat if self._codes is None else flat[~self._have[flat]]
@@ -111,10 +122,10 @@ class CodeSampler:
             bar = self._progress_bar(len(need))
             import torch
 
-            images = self.dataset.images
+            ds = self.dataset
             for i in range(0, len(need), self.batch_size):
                 part = need[i:i + self.batch_size]
-                z = self._encode_batch(images[torch.from_numpy(part)])
+                z = self._encode_batch(ds.gather(torch.from_numpy(part)))
                 if self._codes is None:
                     self._codes = np.zeros((len(self.dataset), z.shape[1]), dtype=np.float64)
                 self._codes[part] = z
@@ -176,7 +187,10 @@ class CodeSampler:
         rows = rng.integers(0, len(ds), size=n)
         if self.cached:
             return self.codes_at(rows)
-        return self.encode_images(ds.images[torch.from_numpy(rows)])
+        from ..data.views import torch_generator
+
+        return self.encode_images(ds.gather(torch.from_numpy(rows),
+                                            torch_generator(rng) if ds.view is not None else None))
 
 
 def _count(n, what: str) -> int:

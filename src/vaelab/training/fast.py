@@ -33,6 +33,7 @@ import types
 
 import torch
 
+from ..data.views import show
 from ..errors import VaelabError
 
 __all__ = ["MODES", "DeviceSampler", "FastStep", "make_step", "make_capturable", "compile_available",
@@ -122,8 +123,10 @@ class DeviceSampler:
     the same batches."""
 
     def __init__(self, images: torch.Tensor, indices: torch.Tensor | None, batch_size: int, *,
-                 n_batches: int = 1, mode: str = "epoch_permutation", seed: int = 0, host_generator=None):
+                 n_batches: int = 1, mode: str = "epoch_permutation", seed: int = 0, host_generator=None,
+                 view=None):
         self.images = images
+        self.view = view  # the dataset's image view (on the images' device): noise from the default generator
         self.device = images.device
         n_all = images.shape[0]
         idx = torch.arange(n_all) if indices is None else torch.as_tensor(indices)
@@ -150,7 +153,8 @@ class DeviceSampler:
     def from_host(cls, sampler, n_batches: int = 1) -> "DeviceSampler":
         """Continue a :class:`BatchSampler` (same images, indices, epoch and position) on the device."""
         ds = cls(sampler.images, sampler.indices, sampler.batch_size, n_batches=n_batches, mode=sampler.mode,
-                 seed=sampler.generator.initial_seed(), host_generator=sampler.generator)
+                 seed=sampler.generator.initial_seed(), host_generator=sampler.generator,
+                 view=getattr(sampler, "view", None))
         ds._load_position(sampler.perm, sampler.pos, sampler.epoch)
         return ds
 
@@ -185,9 +189,9 @@ class DeviceSampler:
         self.pos += self.items
 
     def gather(self) -> torch.Tensor:
-        """The step's images as float in [0, 1]: static shapes, capturable."""
+        """The step's images as float in [0, 1]: static shapes, capturable (a view's noise too)."""
         idx = self.buf.index_select(0, self._arange + self.offset)
-        return self.images.index_select(0, idx).float().div_(255.0)
+        return show(self.images.index_select(0, idx), self.view).float().div_(255.0)
 
     def next(self, n_batches: int | None = None) -> torch.Tensor:
         if n_batches is not None and n_batches != self.n_batches:
@@ -461,13 +465,14 @@ class FastStep:
 def make_step(model, optimizers: dict, sampler_or_images, mode: str = "auto", device=None, *,
               bf16: bool = False, batch_size: int | None = None, seed: int = 0,
               sampling: str = "epoch_permutation", compile_backend: str | None = None,
-              compile_mode: str | None = None, warmup: int = WARMUP_ITERS) -> FastStep:
+              compile_mode: str | None = None, warmup: int = WARMUP_ITERS, view=None) -> FastStep:
     """One training iteration as a callable: ``terms = make_step(...)(step_t)``.
 
     ``sampler_or_images``: the trainer's sampler (``BatchSampler`` or :class:`DeviceSampler`), or a
     uint8 image tensor ``N×C×H×W`` (then ``batch_size``, ``seed`` and ``sampling`` build a
-    :class:`DeviceSampler` over all of it). ``mode``: off | compile | cuda-graph | auto (see the module
-    docstring). Build it after any resume (the captured graph holds the optimiser state's tensors)."""
+    :class:`DeviceSampler` over all of it, shown through ``view`` if given). ``mode``: off | compile |
+    cuda-graph | auto (see the module docstring). Build it after any resume (the captured graph holds the
+    optimiser state's tensors)."""
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     sampler = sampler_or_images
     if isinstance(sampler_or_images, torch.Tensor):
@@ -476,7 +481,9 @@ def make_step(model, optimizers: dict, sampler_or_images, mode: str = "auto", de
         images = sampler_or_images
         if dev.type == "cuda" and images.device.type != "cuda":
             images = images.to(dev)
+        if view is not None:
+            view = view.to(images.device)
         sampler = DeviceSampler(images, None, batch_size, n_batches=getattr(model, "batches_per_step", 1),
-                                mode=sampling, seed=seed)
+                                mode=sampling, seed=seed, view=view)
     return FastStep(model, optimizers, sampler, mode, dev, bf16=bf16, compile_backend=compile_backend,
                     compile_mode=compile_mode, warmup=warmup)

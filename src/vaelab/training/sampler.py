@@ -5,6 +5,9 @@ when they fit, else memory-mapped on the host) and a batch is ``images[idx]``.
 Two modes (SPEC 1.5): ``epoch_permutation`` walks a fresh permutation of the training indices
 and drops the last partial batch (static shapes); ``iid`` draws uniformly with replacement (dlib).
 The sampler owns its own torch.Generator, so its state is saved and restored by checkpoints.
+A dataset's image view (``view``: noise that is not a factor, :mod:`vaelab.data.views`) maps the
+gather to the shown images on the images' device, drawing from that device's default generator:
+the torch RNG the trainer checkpoints.
 Under torchrun (``rank``/``world``) every process draws the same global batch and keeps its slice
 of ``batch_size / world`` images, so the sampler's state is the same on every rank.
 """
@@ -12,12 +15,15 @@ from __future__ import annotations
 
 import torch
 
+from ..data.views import show
+
 
 class BatchSampler:
     def __init__(self, images: torch.Tensor, indices: torch.Tensor, batch_size: int, *,
                  mode: str = "epoch_permutation", seed: int = 0, device: torch.device | str = "cpu",
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, view=None):
         self.images = images
+        self.view = view
         self.rank, self.world = int(rank), int(world)
         self.indices = indices.to(torch.int64).cpu()
         self.batch_size = int(batch_size)
@@ -71,7 +77,7 @@ class BatchSampler:
         idx = self.local(self.next_indices(n_batches), n_batches)
         if self.images.device != idx.device:
             idx = idx.to(self.images.device)
-        batch = self.images[idx]
+        batch = show(self.images[idx], self.view)
         return batch.to(self.device, non_blocking=True).float().div_(255.0)
 
     # ------------------------------------------------------------------ state

@@ -14,10 +14,10 @@ Two modes:
   Hyperparameters that differ across the sweep (β, γ, C_max, ...: :data:`TENSOR_KEYS`) enter the
   vmapped loss as per-model tensors. Each model keeps its own data order (its own sampler and seed,
   as alone), its own noise (its own generator, started from the state the trainer alone would have
-  after building the model, drawn in the same order: so a vmapped model matches a model trained
-  alone up to float rounding) and its own Adam state. FactorVAE's two-optimiser iteration runs as
-  three vmapped calls (VAE gradient, second-batch codes, discriminator gradient) with the VAE step
-  in between (SPEC 3.4 order).
+  after building the model, drawn in the same order — a dataset view's image noise first, then the
+  model's: so a vmapped model matches a model trained alone up to float rounding) and its own Adam
+  state. FactorVAE's two-optimiser iteration runs as three vmapped calls (VAE gradient, second-batch
+  codes, discriminator gradient) with the VAE step in between (SPEC 3.4 order).
 * ``sequential``: one trainer after another (any objective and any difference between runs).
 
 Adam on stacked tensors: Adam is elementwise, so one Adam over the stacked ``M × ...`` parameters
@@ -275,6 +275,7 @@ class VmapSweep:
         self.b = tr0.cfg.train.batch_size
         self.n_batches = tr0.model.batches_per_step
         self.images = tr0.sampler.images
+        self.view = tr0.sampler.view
         if any(tr.sampler.images is not self.images for tr in trainers):
             raise VaelabError("the sweep's trainers must share one dataset")
         self._vmap, self._grad = vmap, grad
@@ -332,6 +333,8 @@ class VmapSweep:
     def _batch(self) -> torch.Tensor:
         idx = torch.stack([tr.sampler.next_indices(self.n_batches) for tr in self.trainers])
         x = self.images[idx.to(self.images.device)]
+        if self.view is not None:  # model k's image noise from its own generator, first, as alone
+            x = torch.stack([self.view(x[k], generator=g) for k, g in enumerate(self.generators)])
         return x.to(self.device, non_blocking=True).float().div_(255.0)
 
     def _noise(self):
@@ -557,8 +560,7 @@ def _shared_dataset(cfgs, dataset, device):
     ds = dataset if dataset is not None else load_dataset(cfgs[0])
     dev = pick_device(cfgs[0].train.device if device is None else device)
     if dev.type == "cuda" and ds.images.device.type == "cpu":
-        ds = copy.copy(ds)
-        ds.images = ds.images.to(dev)  # one copy on the GPU for every run (each trainer would copy its own)
+        ds = ds.to(dev)  # one copy on the GPU for every run (each trainer would copy its own)
     return ds
 
 

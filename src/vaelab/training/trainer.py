@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..config import Config, resolve
+from ..data.views import show, torch_generator
 from ..errors import VaelabError
 from . import checkpoint, distributed
 from .logger import RunLogger
@@ -149,8 +150,12 @@ class Trainer:
         images = self.dataset.images
         if self.device.type == "cuda" and images.device.type == "cpu":
             images = images.to(self.device)  # uint8 on the GPU: a batch is one gather
+        view = self.dataset.view  # noise drawn per batch on the images' device, from the checkpointed RNG
+        if view is not None:
+            view = view.to(images.device)
         self.sampler = BatchSampler(images, self.train_indices, tc.batch_size, mode=cfg.data.sampling,
-                                    seed=tc.seed, device=self.device, rank=self.dist.rank, world=self.dist.world)
+                                    seed=tc.seed, device=self.device, rank=self.dist.rank, world=self.dist.world,
+                                    view=view)
         self.step = 0
         self.elapsed = 0.0
         if ck_state is not None:
@@ -255,7 +260,8 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation pieces
     @torch.no_grad()
     def validate(self) -> dict:
-        """Mean of every scalar term over fixed validation batches (eval mode, RNG untouched)."""
+        """Mean of every scalar term over fixed validation batches (eval mode, RNG untouched; a view's
+        noise is the same at every validation, drawn under the same fixed seed as the model's)."""
         if self.val_indices is None or len(self.val_indices) == 0:
             return {}
         bs = self.cfg.train.batch_size * self.model.batches_per_step
@@ -269,7 +275,7 @@ class Trainer:
             torch.manual_seed(0)
             for b in range(n_batches):
                 sel = idx[b * bs:(b + 1) * bs].to(self.sampler.images.device)
-                x = self.sampler.images[sel].to(self.device).float().div_(255.0)
+                x = show(self.sampler.images[sel], self.sampler.view).to(self.device).float().div_(255.0)
                 terms = _scalar_terms(self.model.loss(x, self.step))
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
@@ -284,7 +290,8 @@ class Trainer:
         idx = self.train_indices[:IMAGE_ROWS] if self.val_indices is None else self.val_indices[:IMAGE_ROWS]
         if not self.main:
             return
-        x_u8 = self.sampler.images[idx.to(self.sampler.images.device)]
+        images = self.sampler.images
+        x_u8 = show(images[idx.to(images.device)], self.sampler.view, torch_generator(0, images.device))
         out = self.run_dir / "images"
         out.mkdir(exist_ok=True)
         for name, picture in training_images(self.model, x_u8, self.device).items():

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.views import torch_generator
 from ..errors import VaelabError
 from . import common
 from .common import to_uint8
@@ -63,7 +64,7 @@ def reconstruction_grid(run, n: int = DEFAULT_N, indices=None, seed: int = 0,
     indices = np.asarray(indices, dtype=np.int64)
     for i in indices:
         common.check_index(int(i), len(ds))
-    x = ds.images[torch.from_numpy(indices)].numpy()
+    x = ds.gather(torch.from_numpy(indices), torch_generator(seed)).numpy()
     return pairs_grid(x, reconstructions(run, x), per_row), indices
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.views import torch_generator
 from ..errors import VaelabError
 from . import common
 from .common import PAD, add_margins, fmt, is_ugvae, to_uint8
@@ -60,7 +61,7 @@ def reference(run, n: int = KL_BATCH, seed: int = 0) -> Reference:
     rng = np.random.default_rng(seed)
     n = min(n, len(ds))
     idx = np.sort(rng.choice(len(ds), size=n, replace=False))
-    x = ds.images[torch.from_numpy(idx)].to(run.device).float().div_(255.0)
+    x = ds.gather(torch.from_numpy(idx), torch_generator(seed)).to(run.device).float().div_(255.0)
     mu, logvar = run.model.encode(x)
     kl, beta = kl_per_latent(run.model, x, mu, logvar)
     return Reference(idx, kl.double().cpu().numpy(), None if beta is None else beta.float().cpu().numpy())
@@ -87,7 +88,7 @@ def _image_origins(run, indices, ref: Reference, names=None, labels=None) -> lis
     for i in indices:
         common.check_index(i, len(ds))
     idx = np.asarray([int(i) for i in indices], dtype=np.int64)
-    images = ds.images[torch.from_numpy(idx)]
+    images = ds.gather(torch.from_numpy(idx), torch_generator(0))  # a view's noise: fixed per picture
     mu, _ = run.encode_params(images)
     out = []
     for k, i in enumerate(idx):
