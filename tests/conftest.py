@@ -49,3 +49,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def subset_npz(shared_data):
+    """The real dSprites subset (../shared/data/dsprites/dsprites_downsampled.npz)."""
+    p = shared_data / "dsprites" / "dsprites_downsampled.npz"
+    if not p.is_file():
+        pytest.skip(f"{p} missing")
+    return p

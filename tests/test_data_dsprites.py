@@ -13,14 +13,6 @@ from vaelab.errors import VaelabError
 
 
 @pytest.fixture(scope="module")
-def subset_npz(shared_data):
-    p = shared_data / "dsprites" / "dsprites_downsampled.npz"
-    if not p.is_file():
-        pytest.skip(f"{p} missing")
-    return p
-
-
-@pytest.fixture(scope="module")
 def subset(subset_npz, tmp_path_factory):
     """The shared subset, imported once for the module into its own cache."""
     with pytest.MonkeyPatch.context() as mp:

@@ -28,14 +28,6 @@ def _one_thread(one_thread):
     """Bitwise comparisons below need one thread on both sides (conftest.one_thread)."""
 
 
-@pytest.fixture(scope="module")
-def subset_npz(shared_data):
-    p = shared_data / "dsprites" / "dsprites_downsampled.npz"
-    if not p.is_file():
-        pytest.skip(f"{p} missing")
-    return p
-
-
 def _masks(n=8, seed=0):
     """dSprites-like stored images: 1 x 64 x 64, pixels 0/255, every image with sprite and background."""
     rng = np.random.default_rng(seed)

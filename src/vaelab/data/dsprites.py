@@ -21,7 +21,7 @@ import torch
 
 from ..errors import VaelabError
 from .base import FactorDataset
-from .prepare import (build_entry, cache_entry, file_stat, load_array, open_entry, progress, read_manifest)
+from .prepare import (build_entry, cache_entry, file_stat, load_array, member_chunks, open_entry, progress, read_manifest)
 from .registry import DatasetSpec, find_data_file, register, require_grid_split
 
 OFFICIAL_FILE = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
@@ -165,15 +165,8 @@ def _extract(path: Path, entry: Path, key: dict):
                 scale = None
                 per = h * w
                 with progress(total=n, desc=f"extracting {path.name}") as bar:
-                    for i0 in range(0, n, _CHUNK):
-                        r = min(_CHUNK, n - i0)
-                        try:
-                            buf = fp.read(r * per)
-                        except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
-                            raise VaelabError(f"{path}: 'imgs' is corrupt ({e}); download it again") from None
-                        if len(buf) != r * per:
-                            raise VaelabError(f"{path}: 'imgs' is truncated (ends after {i0 + len(buf) // per:,} "
-                                              f"of {n:,} images); download it again")
+                    for i0, buf in member_chunks(fp, n, per, _CHUNK, path, "imgs"):
+                        r = len(buf) // per
                         chunk = np.frombuffer(buf, dtype=np.uint8).reshape(r, 1, h, w)
                         top = int(chunk.max()) if r else 0
                         if scale is None and top > 0:

@@ -30,7 +30,7 @@ import torch
 
 from ..errors import VaelabError, closest
 from .base import FactorDataset
-from .prepare import build_entry, cache_entry, file_stat, open_entry, progress, read_manifest
+from .prepare import build_entry, cache_entry, file_stat, member_chunks, open_entry, progress, read_manifest
 from .registry import DatasetSpec, missing_data, register, require_grid_split
 
 FOLDER = "mpi3d"
@@ -205,15 +205,8 @@ def load_mpi3d(root: Path | None = None, split: str = "train", size: int | None 
                     def fill(out):
                         per = h * w * c
                         with progress(total=n, desc=f"extracting {path.name}") as bar:
-                            for i0 in range(0, n, _CHUNK):
-                                r = min(_CHUNK, n - i0)
-                                try:
-                                    buf = fp.read(r * per)
-                                except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
-                                    raise VaelabError(f"{path}: 'images' is corrupt ({e}); download it again") from None
-                                if len(buf) != r * per:
-                                    raise VaelabError(f"{path}: 'images' is truncated (ends after "
-                                                      f"{i0 + len(buf) // per:,} of {n:,} images); download it again")
+                            for i0, buf in member_chunks(fp, n, per, _CHUNK, path, "images"):
+                                r = len(buf) // per
                                 out[i0:i0 + r] = np.frombuffer(buf, np.uint8).reshape(r, h, w, c).transpose(0, 3, 1, 2)
                                 bar.update(r)
 

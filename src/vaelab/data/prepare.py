@@ -282,6 +282,23 @@ def _build_entry_locked(entry: Path, shape, fill, manifest: dict, arrays) -> tup
     return images, manifest
 
 
+def member_chunks(fp, n: int, per: int, chunk: int, path: Path, member: str):
+    """Yield ``(start, bytes)`` of ``n`` records of ``per`` bytes from an open npz member, ``chunk``
+    records at a time; a corrupt or truncated member is one VaelabError line naming ``path``."""
+    import zlib
+
+    for i0 in range(0, n, chunk):
+        r = min(chunk, n - i0)
+        try:
+            buf = fp.read(r * per)
+        except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+            raise VaelabError(f"{path}: {member!r} is corrupt ({e}); download it again") from None
+        if len(buf) != r * per:
+            raise VaelabError(f"{path}: {member!r} is truncated (ends after {i0 + len(buf) // per:,} "
+                              f"of {n:,} images); download it again")
+        yield i0, buf
+
+
 def load_array(entry: Path, name: str) -> np.ndarray:
     return np.load(entry / f"{name}.npy", allow_pickle=False)
 

@@ -89,7 +89,11 @@ def resolve(root: Path | None) -> dict[str, Path]:
 
 # ----------------------------------------------------------------------------- binary matrices
 def _open(path: Path):
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    """The file (gunzipped on the fly for .gz); one VaelabError line when it cannot be opened."""
+    try:
+        return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    except OSError as e:
+        raise VaelabError(f"{path}: cannot open ({e})") from None
 
 
 _READ_ERRORS = (OSError, EOFError, zlib.error)  # gzip.BadGzipFile is an OSError
@@ -123,11 +127,7 @@ def read_header(f, path: Path) -> tuple[np.dtype, tuple[int, ...]]:
 
 def read_matrix(path: Path) -> np.ndarray:
     """A whole NORB binary matrix (used for the small ``cat`` and ``info`` files)."""
-    try:
-        f = _open(path)
-    except OSError as e:
-        raise VaelabError(f"{path}: cannot open ({e})") from None
-    with f:
+    with _open(path) as f:
         dtype, dims = read_header(f, path)
         n = int(np.prod(dims)) * dtype.itemsize
         data = _read_exact(f, n, path, f"the {'x'.join(map(str, dims))} {dtype.name} data")
@@ -196,11 +196,7 @@ def _fill_images(out: np.ndarray, files: dict[str, Path], stems, positions, size
     with progress(total=len(out), desc="resizing SmallNORB") as bar:
         for stem, n in stems:
             path = files[f"{stem}-dat.mat"]
-            try:
-                f = _open(path)
-            except OSError as e:
-                raise VaelabError(f"{path}: cannot open ({e})") from None
-            with f:
+            with _open(path) as f:
                 dtype, dims = read_header(f, path)
                 if dtype != np.uint8 or len(dims) != 4 or dims[0] != n or dims[1] < 1:
                     raise VaelabError(f"{path}: expected {n} x cameras x H x W uint8 images "
