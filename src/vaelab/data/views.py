@@ -22,6 +22,8 @@ of at most 1/510 per pixel).
 """
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 import torch
 
@@ -49,7 +51,7 @@ def _to_uint8(v: torch.Tensor) -> torch.Tensor:
     return v.mul_(255.0).round_().to(torch.uint8)
 
 
-class ImageView:
+class ImageView(abc.ABC):
     """Base class: ``view(stored_uint8, generator=None) -> shown_uint8`` (see the module docstring).
 
     ``shown_shape(stored C x H x W) -> C' x H x W``; ``to(device)`` returns the view with its tensors
@@ -71,8 +73,9 @@ class ImageView:
     def describe(self) -> str:
         return f"{self.name}: {self.summary}" if self.summary else self.name
 
+    @abc.abstractmethod
     def __call__(self, stored: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        raise NotImplementedError
+        """The shown uint8 images ``... x channels x H x W`` of a stored gather."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
