@@ -77,20 +77,23 @@ def _train(out: Path, preset: str, root: Path, *extra: str, steps: int = 30):
 
 
 @pytest.fixture(scope="module")
-def mnist_run(shared_data, tmp_path_factory, one_thread):
+def mnist_root(shared_data):
+    """The real MNIST test set (../shared/data/mnist); skips the test when absent."""
     root = shared_data / "mnist"
     if not (root / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"MNIST test set not found in {root}")
-    return _train(tmp_path_factory.mktemp("ug") / "mnist", "ugvae-mnist", root, "--set", "data.split=test",
+    return root
+
+
+@pytest.fixture(scope="module")
+def mnist_run(mnist_root, tmp_path_factory, one_thread):
+    return _train(tmp_path_factory.mktemp("ug") / "mnist", "ugvae-mnist", mnist_root, "--set", "data.split=test",
                   "--set", "train.batch_size=32")
 
 
 @pytest.fixture(scope="module")
-def mix_run(shared_data, tmp_path_factory, one_thread):
-    root = shared_data / "mnist"
-    if not (root / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"MNIST test set not found in {root}")
-    return _train(tmp_path_factory.mktemp("ug") / "mix", "ugvae-mnist", root, "--set", "data.split=test",
+def mix_run(mnist_root, tmp_path_factory, one_thread):
+    return _train(tmp_path_factory.mktemp("ug") / "mix", "ugvae-mnist", mnist_root, "--set", "data.split=test",
                   "--set", "data.name=mnist_inverted_mix", "--set", "train.batch_size=32", steps=20)
 
 
