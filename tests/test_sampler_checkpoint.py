@@ -1,6 +1,7 @@
 """Batch sampler and checkpoint files: unit tests."""
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,8 +79,30 @@ def test_checkpoint_save_load_keep_and_corruption(tmp_path):
     with pytest.raises(VaelabError, match="corrupt"):
         checkpoint.load(cks[-1])
     os.remove(cks[0] / "state.json")
-    with pytest.raises(VaelabError, match="incomplete"):
+    with pytest.raises(VaelabError, match="incomplete: state.json missing"):
         checkpoint.load(cks[0])
+    os.remove(cks[0] / "tensors.safetensors")
+    with pytest.raises(VaelabError, match="incomplete: tensors.safetensors, state.json missing"):
+        checkpoint.load(cks[0])
+
+
+def test_a_kill_while_old_checkpoints_are_deleted_leaves_only_complete_ones(tmp_path, monkeypatch):
+    """rmtree removes file by file; dying half-way must not leave a step-* folder without tensors."""
+    for step in (1, 2):
+        checkpoint.save(tmp_path, step, {"w": torch.zeros(2)}, {"step": step}, keep=2)
+
+    def dies_half_way(path, ignore_errors=False):
+        os.remove(Path(path) / "tensors.safetensors")
+        raise KeyboardInterrupt  # stands in for SIGKILL between two unlinks
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(tmp_path, 3, {"w": torch.zeros(2)}, {"step": 3}, keep=2)
+    monkeypatch.undo()
+    cks = checkpoint.list_checkpoints(tmp_path)
+    assert [c.name for c in cks] == ["step-00000002", "step-00000003"]
+    for ck in cks:
+        checkpoint.load(ck)
 
 
 def test_optimizer_state_round_trip():

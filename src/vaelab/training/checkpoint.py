@@ -85,16 +85,27 @@ def save(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], state: dict
     _write_synced(tmp / "state.json", json.dumps(state, indent=1).encode())
     _fsync_dir(tmp)
     if final.exists():  # re-saving the same step (e.g. Ctrl-C right after a periodic save)
-        old = ckdir / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
+        old = _retire(final)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
     _fsync_dir(ckdir)
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(_retire(old), ignore_errors=True)
     return final
+
+
+def _retire(path: Path) -> Path:
+    """Rename a checkpoint folder to a temporary name before deleting it.
+
+    ``rmtree`` removes the files one by one; a process killed half-way through would leave a
+    ``step-*`` folder without its tensors. Renamed first (one atomic step), a half-deleted folder
+    is a temporary one, which ``list_checkpoints`` ignores and cleans up.
+    """
+    gone = path.parent / f"{TMP_PREFIX}old-{path.name}-{os.getpid()}"
+    os.replace(path, gone)
+    return gone
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -146,8 +157,10 @@ def load(path: Path, device="cpu") -> tuple[dict[str, torch.Tensor], dict]:
     try:
         tensors = load_file(str(path / "tensors.safetensors"), device=str(device))
         state = json.loads((path / "state.json").read_text())
-    except FileNotFoundError as e:
-        raise VaelabError(f"checkpoint {path} is incomplete: {Path(e.filename).name} is missing") from None
+    except FileNotFoundError as e:  # safetensors' own error carries no filename
+        missing = [n for n in ("tensors.safetensors", "state.json") if not (path / n).exists()]
+        what = ", ".join(missing) or Path(e.filename or "a file").name
+        raise VaelabError(f"checkpoint {path} is incomplete: {what} missing") from None
     except (SafetensorError, json.JSONDecodeError, OSError, ValueError) as e:
         raise VaelabError(f"checkpoint {path} is corrupt ({type(e).__name__}: {str(e)[:120]})") from None
     return tensors, state
