@@ -40,6 +40,9 @@ def test_list(capsys, data_home, shared_data):
                  "celeba_faces", "cars_chairs", "mnist_inverted_mix"):
         assert name in table, name
     assert table["dsprites"].split()[1] == "no"
+    if "dsprites-noisy" in table:  # absent files, but the procedural base needs none: a footnote says so
+        assert table["dsprites-noisy"].split()[1] == "no*" and table["dsprites-scream"].split()[1] == "no"
+        assert '* needs no file with the data option base = "procedural"' in out
     assert "737,280" in table["dsprites"] and "orientation 40" in table["dsprites"]
     assert table["mnist"].split()[1] == "no"  # only the test files are here
     for n in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):

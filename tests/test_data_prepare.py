@@ -111,9 +111,11 @@ def test_concurrent_builds_of_one_entry_take_turns(tmp_path):
 
     entry = tmp_path / "cache" / "x-0123"
     calls = []
+    building = threading.Event()
 
     def slow_fill(out):
         calls.append("first")
+        building.set()  # the lock is held while the fill runs
         time.sleep(0.5)
         out[:] = 7
 
@@ -124,7 +126,7 @@ def test_concurrent_builds_of_one_entry_take_turns(tmp_path):
     results = {}
     t = threading.Thread(target=lambda: results.setdefault("a", build_entry(entry, (4, 1, 2, 2), slow_fill, {"key": 1})))
     t.start()
-    time.sleep(0.15)  # the first holds the lock by now
+    assert building.wait(60)  # the first holds the lock now, however loaded the machine
     results["b"] = build_entry(entry, (4, 1, 2, 2), must_not_run, {"key": 1})
     t.join()
     assert calls == ["first"]

@@ -186,15 +186,19 @@ def cmd_list(args) -> int:
 
     with _session(args):
         root = paths.data_dir()
-        rows = []
+        rows, notes = [], {}
         for name in names():
             spec = get(name)
             if spec.needs_root:
                 here = "--root"
             elif not spec.needs_files:
                 here = "generated"
+            elif spec.present(root):
+                here = "yes"
+            elif spec.without_files:
+                here = "no" + notes.setdefault(spec.without_files, "*" * (len(notes) + 1))
             else:
-                here = "yes" if spec.present(root) else "no"
+                here = "no"
             count = f"{spec.count:,}" if spec.count else "-"
             shape = "x".join(str(s) for s in spec.image_shape) if spec.image_shape else "-"
             rows.append((name, here, count, shape, _factor_text(spec.factors)))
@@ -204,6 +208,8 @@ def cmd_list(args) -> int:
         print(fmt.format(*head))
         for r in rows:
             print(fmt.format(*r))
+        for option, mark in notes.items():
+            print(f"{mark} needs no file with the data option {option}")
         print(f"data directory: {root}")
     return 0
 

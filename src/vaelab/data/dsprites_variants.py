@@ -129,4 +129,5 @@ for _kind, _loader, _what in (
                      + (", painting = PATH)" if _kind == "scream" else ")")),
         factors=list(_FACTORS), count=737_280, image_shape=(3, 64, 64),
         files=[_dsprites.DEFAULT_PATH] + ([SCREAM_FILE] if _kind == "scream" else []),
-        fetch_command=f"vaelab data fetch dsprites-{_kind}", source=_SOURCE))
+        fetch_command=f"vaelab data fetch dsprites-{_kind}", source=_SOURCE,
+        without_files=None if _kind == "scream" else 'base = "procedural"'))

@@ -27,6 +27,9 @@ class DatasetSpec:
     # files come in several layouts, e.g. a folder or a zip); overrides the `files` check
     locate: Callable[[Path], Path | None] | None = None
     needs_root: bool = False  # no default location: the user points at the data (image-folder)
+    # the data option that makes the files unnecessary, e.g. 'base = "procedural"' for dSprites' colour
+    # and noisy variants (shown by `vaelab data list` when the files are absent)
+    without_files: str | None = None
 
     @property
     def needs_files(self) -> bool:
