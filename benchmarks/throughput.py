@@ -140,7 +140,7 @@ def best_rates(loops: dict, steps: int, warmup: int, repeats: int, dev) -> dict:
 
 def sweep_loop(objective, net, images_dev, batch, dev, m: int, tmp: str):
     """One vmapped iteration of M models (each iteration trains all M)."""
-    from vaelab.training.sweep import VmapSweep
+    from vaelab.training.vmap import VmapSweep
     from vaelab.training.trainer import Trainer
 
     ds = FactorDataset.from_arrays(images_dev[:1].cpu())

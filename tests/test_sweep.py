@@ -1,4 +1,4 @@
-"""Sweeps (training/sweep.py, `vaelab sweep`): M models in one vmapped step equal M models trained alone."""
+"""Sweeps (training/sweep.py + vmap.py, `vaelab sweep`): M models in one vmapped step equal M models trained alone."""
 import json
 from pathlib import Path
 
@@ -13,7 +13,8 @@ from vaelab.config import resolve
 from vaelab.data import FactorDataset
 from vaelab.errors import VaelabError
 from vaelab.training import checkpoint
-from vaelab.training.sweep import StackedAdam, expand, parse_grid, sweep, vmap_problem
+from vaelab.training.sweep import expand, parse_grid, sweep
+from vaelab.training.vmap import StackedAdam, vmap_problem
 from vaelab.training.trainer import Trainer
 
 STEPS = 4
