@@ -13,7 +13,7 @@ import sys
 from ..errors import VaelabError
 
 # subcommand modules, in the order `vaelab --help` lists them
-_COMMAND_MODULES = ("train", "evaluate", "viz", "experiment", "sweep", "data")
+_COMMAND_MODULES = ("train", "evaluate", "encode", "viz", "experiment", "sweep", "data")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -67,6 +67,10 @@ class Run:
     def encode_params(self, images, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
         """(mu, logvar) of the posterior for uint8 images."""
         images = torch.as_tensor(images)
+        if images.dtype != torch.uint8:
+            raise VaelabError(f"encode expects uint8 images, got {images.dtype}")
+        if len(images) == 0:
+            return (np.zeros((0, self.latent_dim), dtype=np.float32),) * 2
         mus, lvs = [], []
         model = self._inference_model()
         for i in range(0, len(images), batch_size):
@@ -76,6 +80,51 @@ class Run:
             lvs.append(lv.float().cpu())
         return torch.cat(mus).numpy(), torch.cat(lvs).numpy()
 
+    def encode_dataset(self, split: str | None = None, n: int | None = None, seed: int = 0,
+                       batch_size: int = 512, progress: bool = False) -> dict[str, np.ndarray]:
+        """The posterior of every image of a split (default: the run's) (or of ``n`` drawn without replacement with
+        ``seed``), with the ground truth beside it, as arrays ready for ``np.savez``:
+
+        ``mu``, ``logvar`` (N x D float32), ``index`` (N, the images' dataset indices, ascending),
+        ``factors`` (N x K int64 class indices) with ``factor_names`` and ``factor_sizes`` where the
+        data has factors, and ``step`` (the checkpoint's). Datasets with a view (dlib's noisy
+        dSprites) draw each image's noise from ``seed``."""
+        ds = self.dataset(split)
+        total = len(ds)
+        if n is not None and n < 1:
+            raise VaelabError(f"encode: n must be at least 1, got {n}")
+        if n is None or n >= total:
+            index = np.arange(total, dtype=np.int64)
+        else:
+            index = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False)).astype(np.int64)
+        gen = torch.Generator(device=ds.images.device).manual_seed(seed)
+        mus, lvs = [], []
+        chunk = max(batch_size, 4096)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(index), unit="img", desc="encode", leave=False)
+        try:
+            for i in range(0, len(index), chunk):
+                mu, lv = self.encode_params(ds.gather(index[i:i + chunk], gen), batch_size)
+                mus.append(mu)
+                lvs.append(lv)
+                if bar is not None:
+                    bar.update(len(mu))
+        finally:
+            if bar is not None:
+                bar.close()
+        d = self.latent_dim
+        out = {"mu": np.concatenate(mus) if mus else np.zeros((0, d), np.float32),
+               "logvar": np.concatenate(lvs) if lvs else np.zeros((0, d), np.float32),
+               "index": index, "step": np.int64(self.step)}
+        if ds.has_factors:
+            out["factors"] = ds.factors[torch.from_numpy(index)].cpu().numpy().astype(np.int64)
+            out["factor_names"] = np.array(list(ds.factor_names), dtype=str)
+            out["factor_sizes"] = np.array(list(ds.factor_sizes), dtype=np.int64)
+        return out
+
     @torch.no_grad()
     def decode(self, z, **kwargs) -> torch.Tensor:
         """Mean images in [0, 1] (``B x C x H x W`` float) for latent codes ``B x D``."""
@@ -83,8 +132,9 @@ class Run:
         z = z.to(self.device, torch.float32)
         return self.model.mean_image(self.model.decode(z, **kwargs)).clamp(0, 1).cpu()
 
-    def dataset(self, split: str = "train"):
-        """The run's dataset (as configured), loaded once."""
+    def dataset(self, split: str | None = None):
+        """The run's dataset (as configured; ``split`` default: the split it was trained on), loaded once."""
+        split = split or self.cfg.data.split or "train"
         if split not in self._datasets:
             from .. import data
 

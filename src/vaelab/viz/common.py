@@ -105,7 +105,7 @@ def split_of(run) -> str:
 
 
 def dataset_of(run):
-    return run.dataset(split_of(run))
+    return run.dataset()
 
 
 def check_index(i: int, n: int, what: str = "image"):
