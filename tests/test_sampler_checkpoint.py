@@ -123,3 +123,21 @@ def test_optimizer_state_round_trip():
         o.step()
     assert torch.equal(p, q)
     assert opt2.param_groups[0]["lr"] == 1e-3
+
+
+def test_metrics_history_torn_line_and_resume(tmp_path):
+    """A torn last line is skipped; a damaged middle line is an error; a resumed logger drops the
+    records past its checkpoint and the torn tail, so each step appears once and every line is whole."""
+    from vaelab.training.logger import RunLogger, read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 10, "loss": 3.0}\n{"step": 20, "loss": 2.0}\n{"step": 30, "lo')
+    assert [r["step"] for r in read_metrics(tmp_path)] == [10, 20]
+    log = RunLogger(tmp_path, tensorboard=False, upto=10)  # resumed from the checkpoint at step 10
+    log.log(20, {"loss": 2.5})
+    log.close()
+    assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [(10, 3.0), (20, 2.5)]
+    assert path.read_text().endswith("\n") and len(path.read_text().splitlines()) == 2
+    path.write_text('{"step": 10, "loss": 3.0}\ngarbage\n{"step": 20, "loss": 2.0}\n')
+    with pytest.raises(VaelabError, match="line 2 is not a JSON record"):
+        read_metrics(tmp_path)

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,6 +80,44 @@ def test_existing_run_needs_resume(tmp_path, dsprites_npz):
     out = str(tmp_path / "r")
     assert main(["train", "quickstart", "--steps", "2", "--out", out, *small(dsprites_npz)]) == 0
     assert main(["train", "quickstart", "--steps", "2", "--out", out, *small(dsprites_npz)]) == 2
+
+
+def test_resume_mistakes_are_one_line(tmp_path, dsprites_npz, capsys):
+    out = str(tmp_path / "r")
+    assert main(["train", "quickstart", "--steps", "4", "--out", out, *small(dsprites_npz)]) == 0
+    capsys.readouterr()
+    # another preset's name: the run is not silently continued as the saved one
+    assert main(["train", "dlib-betavae-dsprites", "--resume", "--steps", "6", "--out", out,
+                 *small(dsprites_npz)]) == 2
+    assert "holds a 'quickstart' run, not 'dlib-betavae-dsprites'" in capsys.readouterr().err
+    # a changed architecture: the error names what does not fit, not only the class
+    assert main(["train", "quickstart", "--resume", "--steps", "6", "--out", out,
+                 *small(dsprites_npz, "--set", "model.latent_dim=5")]) == 2
+    err = capsys.readouterr().err
+    assert "size mismatch for" in err and len(err.strip().splitlines()) == 1
+    # already past the asked length: said, nothing trained
+    main(["train", "quickstart", "--resume", "--steps", "2", "--out", out, "--device", "cpu"])
+    assert "already at step 4" in capsys.readouterr().out
+    assert _newest_step(tmp_path / "r") == 4
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], "nothing to train"),
+    (["--set", "train.epochs=-1"], "train.epochs must be >= 0"),
+    (["--set", "data.name=dsprites-procedural", "--set", "data.root=/nonexistent/vaelab"], "is not there"),
+])
+def test_train_bad_lengths_and_roots(tmp_path, capsys, argv, message):
+    assert main(["train", "quickstart", "--out", str(tmp_path / "x"), "--quiet", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists() and not Path("/nonexistent/vaelab").exists()
+
+
+def test_out_that_is_a_file(tmp_path, dsprites_npz, capsys):
+    f = tmp_path / "afile.txt"
+    f.write_text("x")
+    assert main(["train", "quickstart", "--steps", "2", "--out", str(f), *small(dsprites_npz)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err and f.read_text() == "x"
 
 
 def test_nan_stops_with_step_and_term(tmp_path, dsprites_npz, capsys):

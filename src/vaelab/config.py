@@ -121,6 +121,10 @@ class TrainConfig:
         for key in ("steps", "checkpoint_every", "image_every", "val_every"):
             if getattr(self, key) < 0:
                 raise VaelabError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if not self.epochs >= 0:
+            raise VaelabError(f"train.epochs must be >= 0, got {self.epochs}")
+        if self.steps == 0 and self.epochs == 0:
+            raise VaelabError("nothing to train: train.steps and train.epochs are both 0 (give --steps N)")
         if self.fast not in ("off", "compile", "cuda-graph", "auto"):
             raise VaelabError(f"train.fast must be off, compile, cuda-graph or auto, got {self.fast!r}")
         if self.folds == 1 or self.folds < 0:

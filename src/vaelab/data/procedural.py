@@ -281,8 +281,10 @@ def load(root: Path | None = None, split: str = "train", size: int | None = None
         raise VaelabError(f"{NAME} images are 64 x 64; size {size} is not available (drop --size)")
     if unknown:
         raise VaelabError(f"{NAME} does not take option(s) {', '.join(sorted(unknown))} (it takes quiet, force)")
-    if root is not None and Path(root).is_file():
-        raise VaelabError(f"{NAME} needs no data file; root must be a folder (the data directory), got {root}")
+    if root is not None and not Path(root).is_dir():  # a mistyped path must not get a 3 GB cache
+        what = "a file" if Path(root).exists() else "not there"
+        raise VaelabError(f"{NAME} needs no data file; root is the data directory whose cache/ holds the "
+                          f"render, and {root} is {what} (leave root unset for the default)")
     if force:
         _write_cache(cache_path(root), quiet=quiet)
     arr = grid_images(root, quiet=quiet)

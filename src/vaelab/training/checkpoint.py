@@ -151,6 +151,14 @@ def find(run_dir: Path, step: int | None = None) -> Path:
     raise VaelabError(f"no checkpoint at step {step} in {run_dir}; available steps: {have}")
 
 
+def state_dict_mismatch(error: RuntimeError) -> str:
+    """The informative line of ``load_state_dict``'s error (its first line only names the class)."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(error).__name__)
+    more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+    return (detail[:240] + ("..." if len(detail) > 240 else "")) + more
+
+
 def load(path: Path, device="cpu") -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, state) of a checkpoint folder; a damaged one is one clear error."""
     path = Path(path)

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
+
+from ..errors import VaelabError
 
 
 def _jsonable(v):
@@ -17,9 +20,15 @@ def _jsonable(v):
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+    """Appends to metrics.jsonl (and TensorBoard). ``upto``: the step training continues from; records
+    of later steps (logged before a crash, after the checkpoint it resumes from) and a torn last line
+    are dropped first, so the history has each step once and every line is whole."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, upto: int | None = None):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "metrics.jsonl"
+        if upto is not None and self.path.is_file():
+            _keep_upto(self.path, upto)
         self._fh = open(self.path, "a", buffering=1)
         self._tb = None
         if tensorboard:
@@ -53,15 +62,47 @@ class RunLogger:
             self._tb.close()
 
 
+def _keep_upto(path: Path, step: int):
+    """Rewrite ``path`` (atomically) without a torn last line and without records past ``step``."""
+    text = path.read_text(errors="replace")
+    lines = text.splitlines()
+    keep = []
+    for i, line in enumerate(lines):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1 and not text.endswith("\n"):
+                break  # torn by a crash mid-write
+            keep.append(line)  # damaged elsewhere: leave it for read_metrics to report
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] > step:
+            continue
+        keep.append(line)
+    if keep == lines and (not text or text.endswith("\n")):
+        return
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(ln + "\n" for ln in keep))
+    os.replace(tmp, path)
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
-    """All records of metrics.jsonl (a torn last line from a crash is skipped)."""
+    """All records of metrics.jsonl. A torn last line (a crash mid-write) is skipped; any other line
+    that is not a JSON object is one clear error, not a silently shorter history."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
+    lines = path.read_text(errors="replace").splitlines()
     out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
+    for i, line in enumerate(lines):
+        if not line.strip():
             continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                continue
+            rec = None
+        if not isinstance(rec, dict):
+            raise VaelabError(f"{path} line {i + 1} is not a JSON record ({line[:60]!r}); the file is damaged")
+        out.append(rec)
     return out

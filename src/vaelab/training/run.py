@@ -179,6 +179,6 @@ def load_run(path, step: int | None = None, device: str = "cpu") -> Run:
     try:
         model.load_state_dict(sd)
     except RuntimeError as e:
-        raise VaelabError(f"checkpoint {ck} does not match its config: {str(e).splitlines()[0]}") from None
+        raise VaelabError(f"checkpoint {ck} does not match its config: {checkpoint.state_dict_mismatch(e)}") from None
     model.to(dev).eval()
     return Run(path, cfg, model, int(state["step"]), dev)

@@ -101,6 +101,8 @@ class Trainer:
         self._own_group = distributed.setup(self.dist, self.device)
         tc = cfg.train
 
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise VaelabError(f"--out {self.run_dir} is a file, not a folder: choose a folder for the run")
         # ---- resume: `cfg` is the run's saved config plus the caller's explicit overrides (see train())
         ck_state = None
         if resume:
@@ -196,7 +198,7 @@ class Trainer:
         try:
             self.model.load_state_dict(model_sd)
         except RuntimeError as e:
-            raise VaelabError(f"checkpoint does not match the model: {str(e).splitlines()[0]}") from None
+            raise VaelabError(f"checkpoint does not match the model: {checkpoint.state_dict_mismatch(e)}") from None
         for g, opt in self.optimizers.items():
             checkpoint.optimizer_from_flat(g, opt, tensors, state["optim"][g])
         torch.set_rng_state(tensors["rng.torch"])
@@ -303,7 +305,11 @@ class Trainer:
         from tqdm.auto import tqdm
 
         tc = self.cfg.train
-        self.logger = RunLogger(self.run_dir, tensorboard=tc.tensorboard) if self.main else _NoLogger()
+        if self.step >= tc.steps and not self.quiet:  # a resumed run already there: say so, change nothing
+            print(f"{self.run_dir}: already at step {self.step} (>= train.steps {tc.steps}); nothing to train "
+                  f"(--steps N continues it to N)")
+        self.logger = (RunLogger(self.run_dir, tensorboard=tc.tensorboard, upto=self.step) if self.main
+                       else _NoLogger())
         if self.step_fn is None:  # built after _restore: a captured graph holds the optimiser state's tensors
             from .fast import make_step
 
@@ -397,11 +403,12 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- entry points
-def train(preset_or_config="quickstart", *, overrides=None, resume: bool = False, quiet: bool = False,
+def train(preset_or_config=None, *, overrides=None, resume: bool = False, quiet: bool = False,
           run_dir=None, **kwargs):
     """Train a model; returns the :class:`~vaelab.training.run.Run` (or a fold summary).
 
-    ``preset_or_config``: a preset name, a TOML path, a dict or a Config. ``overrides``: dotted
+    ``preset_or_config``: a preset name, a TOML path, a dict or a Config (default: ``quickstart``;
+    with ``resume``, the run's own config, and a name given must be the run's). ``overrides``: dotted
     ``{"model.beta": 4}`` or ``["model.beta=4"]``; keyword arguments are shorthand for train.*
     keys (``steps=100, seed=1, device="cpu"``)."""
     from .run import load_run
@@ -423,13 +430,19 @@ def train(preset_or_config="quickstart", *, overrides=None, resume: bool = False
     if resume:  # continue from the run's own config; only explicit overrides change it
         from ..config import read_toml
 
-        base_dir = Path(run_dir) if run_dir is not None else default_run_dir(resolve(preset_or_config))
+        base_dir = (Path(run_dir) if run_dir is not None
+                    else default_run_dir(resolve(preset_or_config or "quickstart")))
         if not (base_dir / "config.toml").is_file():
             raise VaelabError(f"nothing to resume in {base_dir}: no config.toml (start the run without --resume)")
-        preset_or_config = read_toml(base_dir / "config.toml")
+        saved = read_toml(base_dir / "config.toml")
+        asked = resolve(preset_or_config).name if isinstance(preset_or_config, str) else None
+        if asked is not None and asked != saved.get("name"):
+            raise VaelabError(f"{base_dir} holds a {saved.get('name')!r} run, not {asked!r}: resume it with "
+                              f"`vaelab train {saved.get('name')} --resume --out {base_dir}`")
+        preset_or_config = saved
         over["train.out"] = str(base_dir)
         over.pop("train.epochs", None)
-    cfg = resolve(preset_or_config, over)
+    cfg = resolve(preset_or_config or "quickstart", over)
     ctx = distributed.from_env()
     if cfg.train.folds:
         if ctx.active:

@@ -416,7 +416,7 @@ class VmapSweep:
         tc = self.cfg.train
         trainers = self.trainers
         for tr in trainers:
-            tr.logger = RunLogger(tr.run_dir, tensorboard=tr.cfg.train.tensorboard)
+            tr.logger = RunLogger(tr.run_dir, tensorboard=tr.cfg.train.tensorboard, upto=tr.step)
             tr.model.train()
         self.template.train()
         step_t = torch.zeros((), dtype=torch.int64, device=self.device)
