@@ -16,7 +16,10 @@ from vaelab.cli import main
 
 
 def run(argv, capsys):
-    rc = main(argv)
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's own usage errors (one line, exit 2)
+        rc = e.code
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -154,6 +157,10 @@ def test_fetch_from_local_server(capsys, data_home, shared_data):
     (["data", "info", "mpi3d", "--variant", "real"], ["mpi3d_real.npz", "rr-learning/disentanglement_dataset"]),
     (["data", "info", "dsprites", "--variant", "real"], ["does not take --variant"]),
     (["data", "info", "smallnorb"], ["vaelab data fetch smallnorb"]),
+    (["data", "show", "dsprites-procedural", "--seed", "-1"], ["invalid seed -1"]),
+    (["data", "show", "dsprites-procedural", "--nrow", "0"], ["--nrow must be at least 1"]),
+    (["data", "show", "dsprites-procedural", "--out", "grid.jpgx"], ["ending in .png"]),
+    (["--data-dir", __file__, "data", "list"], ["is a file"]),
 ])
 def test_bad_input_exit_2_one_line(capsys, data_home, argv, expect):
     rc, _, err = run(argv, capsys)
@@ -190,3 +197,20 @@ def test_subprocess_exit_codes(shared_data, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "vaelab", "data", "info", "shapes3d"], capture_output=True,
                          text=True, env=env, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "vaelab data fetch shapes3d" in bad.stderr
+
+
+def test_every_subcommand_shows_vaelab_warnings_as_one_line(capsys):
+    """cli.main formats vaelab's own warnings (e.g. a cut-short CelebA attribute file while training)
+    as one line in every subcommand; other libraries' warnings keep Python's format."""
+    import warnings
+
+    from vaelab.cli import _one_line_warnings
+    from vaelab.data.prepare import DataWarning
+
+    with _one_line_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("attribute file cut short", DataWarning)
+        warnings.warn("something else", DeprecationWarning)
+    err = capsys.readouterr().err
+    assert "vaelab: warning: attribute file cut short\n" in err
+    assert "something else" not in err  # left to Python's (here pytest's) own handling

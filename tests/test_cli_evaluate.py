@@ -30,6 +30,28 @@ def test_evaluate_bad_input_one_line_exit_2(argv, message, capsys, tmp_path, mon
     assert len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--dataset", "mnist"], "vaelab: error: --dataset applies to one run: with several runs each is scored on its own"),
+    (["--out", "x.json"], "vaelab: error: --out applies to one run: with several runs each writes its own"),
+    (["--out", "x.json", "--dataset", "mnist"], "vaelab: error: --out and --dataset apply to one run"),
+    (["--ray-address", "auto"], "vaelab: error: --ray-address only applies with --backend ray"),
+])
+def test_evaluate_a_sweep_names_the_options_that_do_not_apply(extra, message, capsys, tmp_path, monkeypatch):
+    """The error names exactly the options given that a sweep cannot take (checked before any scoring)."""
+    monkeypatch.chdir(tmp_path)
+    sw = tmp_path / "sw"
+    for k in range(2):
+        (sw / f"t-{k}").mkdir(parents=True)
+    (sw / "sweep.json").write_text(json.dumps({"runs": [{"name": f"t-{k}", "path": str(sw / f"t-{k}"),
+                                                          "values": {"train.seed": k}} for k in range(2)]}))
+    assert main(["evaluate", str(sw), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(message) and len(err.splitlines()) == 1, err
+    if "--out" not in extra:
+        assert "--out" not in err
+    assert not (sw / "study.json").exists()
+
+
 def test_evaluate_profile_choice_checked(capsys):
     with pytest.raises(SystemExit) as e:
         main(["evaluate", ".", "--profile", "slow"])

@@ -110,6 +110,12 @@ def test_build_model_errors():
         build_model({"objective": "betavae", **SMALL, "beta": "4"}, SHAPE, 10)
     with pytest.raises(VaelabError, match="must be an integer"):
         build_model({"objective": "annealedvae", **SMALL, "c_steps": 1.5}, SHAPE, 10)
+    with pytest.raises(VaelabError, match="gamma must be finite and >= 0, got -5.0"):
+        build_model({"objective": "factorvae", **SMALL, "gamma": -5}, SHAPE, 10)
+    with pytest.raises(VaelabError, match="beta must be finite"):
+        build_model({"objective": "betavae", **SMALL, "beta": float("nan")}, SHAPE, 10)
+    with pytest.raises(VaelabError, match="K must be a count >= 1"):
+        build_model({"objective": "ugvae", "K": 0}, (1, 28, 28), 10)
     with pytest.raises(VaelabError, match="ugvae_fc28"):
         build_model({"objective": "ugvae", "net": "burgess64"}, (1, 64, 64), 10)
     with pytest.raises(VaelabError, match="disagree"):

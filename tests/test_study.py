@@ -1,11 +1,13 @@
 """Many runs' scores in one table (metrics/study.py, `vaelab evaluate SWEEP`)."""
 import json
 import math
+import shutil
 
 import pytest
 
 from vaelab.cli import main
-from vaelab.metrics.study import format_study, summarize
+from vaelab.errors import VaelabError
+from vaelab.metrics.study import format_study, runs_of, summarize
 
 
 def test_summarize_means_over_seeds_by_hand():
@@ -28,6 +30,41 @@ def test_summarize_means_over_seeds_by_hand():
     table = format_study(rows).splitlines()
     assert table[0].split() == ["beta", "runs", "mig", "sap"]
     assert "0.300±0.141" in table[2] and "0.900±0.000 (n=1)" in table[3] and table[2].rstrip().endswith("-")
+
+
+def _fake_sweep(root, names=("t-0", "t-1")):
+    """A sweep folder as `vaelab sweep` writes it (absolute paths in sweep.json), runs marked by a file."""
+    root.mkdir(parents=True)
+    runs = []
+    for k, name in enumerate(names):
+        (root / name).mkdir()
+        (root / name / "config.toml").write_text(f"# {root.name}\n")
+        runs.append({"name": name, "path": str((root / name).resolve()), "values": {"train.seed": k}})
+    (root / "sweep.json").write_text(json.dumps({"runs": runs, "mode": "sequential"}))
+    return root
+
+
+def test_a_copied_sweep_folder_stands_for_its_own_runs(tmp_path):
+    """A copy (or a moved sweep) is read from its own subfolders, never from the original's paths."""
+    orig = _fake_sweep(tmp_path / "orig" / "sw")
+    copy = tmp_path / "elsewhere" / "sw-copy"
+    shutil.copytree(orig, copy)
+    paths, labels, summary = runs_of([copy])
+    assert paths == [copy / "t-0", copy / "t-1"] and summary == copy / "study.json"
+    assert labels == [{"train.seed": 0}, {"train.seed": 1}]
+    # an entry without a name: the last part of its path, inside the sweep folder
+    manifest = json.loads((copy / "sweep.json").read_text())
+    del manifest["runs"][1]["name"]
+    (copy / "sweep.json").write_text(json.dumps(manifest))
+    assert runs_of([copy])[0] == [copy / "t-0", copy / "t-1"]
+    for bad in ("../orig", "/abs/t-0", "", 3):  # a name must be one of the sweep folder's own subfolders
+        manifest["runs"][1]["name"] = bad
+        (copy / "sweep.json").write_text(json.dumps(manifest))
+        with pytest.raises(VaelabError, match="not a sweep manifest"):
+            runs_of([copy])
+    (copy / "sweep.json").write_text(json.dumps({"runs": []}))
+    with pytest.raises(VaelabError, match="lists no runs"):
+        runs_of([copy])
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +97,10 @@ def test_evaluate_a_sweep_folder_end_to_end(sweep_dir, capsys, monkeypatch):
     assert "gamma" in out and "mig" in out and f"wrote {sw / 'study.json'}" in out
     assert main(argv) == 0  # again: nothing to score
     assert capsys.readouterr().out.count("eval.json reused") == 4
+    assert main([*argv, "--backend", "ray"]) == 0  # nothing to score: no Ray needed, and no error
+    assert capsys.readouterr().out.count("eval.json reused") == 4
     assert main([*argv, "--out", str(sweep_dir / "x.json")]) == 2
-    assert "--out and --dataset apply to one run" in capsys.readouterr().err
+    assert "--out applies to one run" in capsys.readouterr().err
 
 
 def test_evaluate_a_sweep_on_ray_scores_as_here(sweep_dir, capsys, monkeypatch, tmp_path):

@@ -171,3 +171,67 @@ def test_cli_sweep(tmp_path, shared_data, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["quickstart-0", "quickstart-1", "sweep.json"]
     assert vaelab.load_run(out / "quickstart-1").config["model"]["gamma"] == 10.0
     assert main(["sweep", "quickstart", "--seeds", "a,b", "--out", str(tmp_path / "bad")]) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--grid", "model.gamma=1,2", "--out", "FILE"], "--out FILE is a file"),
+    (["--grid", "model.gamma=1,2", "--grid", "model.gamma=3"], "--grid model.gamma is given twice"),
+    (["--seeds", ","], "gives no seed"),
+    (["--seeds", ""], "gives no seed"),
+    (["--seeds", "0,,1"], "comma-separated integers"),
+    (["--seeds", "0,0"], "gives 0 twice"),
+    (["--grid", "model.gamma=1,1.0"], "gives 1.0 twice"),
+    (["--runs-per-task", "0"], "--runs-per-task only applies with --backend ray"),
+    (["--gpus-per-task", "0.5"], "--gpus-per-task only applies with --backend ray"),
+    (["--ray-address", "auto"], "--ray-address only applies with --backend ray"),
+    (["--grid", "model.gamma=1,2", "--set", "model.gamma=5"], "model.gamma is both in --grid and in --set"),
+    (["--grid", "train.steps=1,2"], "train.steps is both in --grid and in --steps"),
+])
+def test_cli_sweep_bad_input_one_line_exit_2(args, message, tmp_path, data_home, capsys, monkeypatch):
+    """Every mistake ends with one line before anything is trained or written (quickstart's dSprites
+    is not in the empty data directory, so a sweep that went on would fail on the data instead)."""
+    monkeypatch.chdir(tmp_path)
+    Path("FILE").write_text("not a folder")
+    out = ["--out", "sw"] if "--out" not in args else []
+    assert main(["sweep", "quickstart", "--steps", "1", "--device", "cpu", *out, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vaelab: error:") and message in err, err
+    assert len(err.splitlines()) == 1
+    assert not Path("sw").exists() and Path("FILE").read_text() == "not a folder"
+
+
+def test_sweep_api_refuses_what_it_would_ignore_or_repeat(tmp_path, dataset):
+    """The Python API has the CLI's rules: each of these would otherwise train (or silently merge)."""
+    kw = dict(out=tmp_path / "sw", quiet=True, dataset=dataset, steps=1, mode="sequential")
+    b = base("betavae")
+    for extra, message in [({"runs_per_task": 0}, "--runs-per-task only applies with --backend ray"),
+                           ({"gpus_per_task": 1.0}, "--gpus-per-task only applies"),
+                           ({"ray_address": "auto"}, "--ray-address only applies"),
+                           ({"overrides": ["model.beta=5"]}, "model.beta is both in --grid and in --set model"),
+                           ({"overrides": {"model.beta": 5}}, "model.beta is both in --grid and in --set"),
+                           ({"device": "cpu"}, "train.device is both in --grid and in --device")]:
+        grid = {"train.device": ["cpu"]} if "device" in extra else {"model.beta": [1.0, 4.0]}
+        with pytest.raises(VaelabError, match=message):
+            sweep(b, grid, None, **{**kw, **extra})
+    with pytest.raises(VaelabError, match="model.beta=1,4,1.0 gives 1.0 twice"):
+        sweep(b, {"model.beta": [1, 4, 1.0]}, None, **kw)
+    with pytest.raises(VaelabError, match="--seeds 3,3 gives 3 twice"):
+        sweep(b, None, [3, 3], **kw)
+    with pytest.raises(VaelabError, match="--seeds is empty"):
+        sweep(b, None, [], **kw)
+    with pytest.raises(VaelabError, match="model.beta has no values"):
+        sweep(b, {"model.beta": []}, None, **kw)
+    assert not (tmp_path / "sw").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(VaelabError, match="is a file"):
+        sweep(b, None, None, **{**kw, "out": tmp_path / "file"})
+    with pytest.raises(VaelabError, match="cannot create the sweep folder"):
+        sweep(b, None, None, **{**kw, "out": tmp_path / "file" / "sw"})
+
+
+def test_parse_grid_refuses_a_key_given_twice():
+    with pytest.raises(VaelabError, match="--grid model.gamma is given twice"):
+        parse_grid(["model.gamma=1,2", "model.gamma=3"])
+    with pytest.raises(VaelabError, match="--grid model.beta is given twice"):
+        parse_grid(["model.beta=1", " model.beta =2"])  # the same key, however spaced
+    assert parse_grid(["model.beta=1", "model.gamma=1"]) == {"model.beta": [1], "model.gamma": [1]}

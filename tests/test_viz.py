@@ -247,10 +247,18 @@ def test_not_a_run_folder(cmd, tmp_path, capsys):
     (["sample", "{run}", "--step", "7"], "7"),
     (["report", "{run}", "--step", "7"], "7"),
     (["traverse", "{run}", "--range", "2", "-2"], "range"),
+    (["traverse", "{run}", "--random", "--seed", "-1"], "invalid seed -1"),
+    (["reconstruct", "{run}", "--images", "1", "2", "--n", "5"], "not both"),
+    (["sample", "{run}", "--per-component", "3"], "--per-component is for UG-VAE runs"),
+    (["plot", "{run}", "--step", "99999"], "past the last logged step"),
 ])
 def test_bad_input_one_line_exit_2(viz_run, args, words, capsys):
     capsys.readouterr()
-    assert main([a.format(run=viz_run) for a in args]) == 2
+    try:
+        rc = main([a.format(run=viz_run) for a in args])
+    except SystemExit as e:  # argparse's own usage errors (one line, exit 2)
+        rc = e.code
+    assert rc == 2
     assert words in _one_line_error(capsys)
 
 

@@ -121,6 +121,8 @@ class TrainConfig:
         for key in ("steps", "checkpoint_every", "image_every", "val_every"):
             if getattr(self, key) < 0:
                 raise VaelabError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if self.seed < 0:
+            raise VaelabError(f"train.seed must be a non-negative integer, got {self.seed}")
         if not self.epochs >= 0:
             raise VaelabError(f"train.epochs must be >= 0, got {self.epochs}")
         if self.steps == 0 and self.epochs == 0:

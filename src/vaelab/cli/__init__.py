@@ -9,11 +9,23 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from ..errors import VaelabError
 
 # subcommand modules, in the order `vaelab --help` lists them
 _COMMAND_MODULES = ("train", "evaluate", "encode", "viz", "experiment", "sweep", "data")
+
+
+def seed(text: str) -> int:
+    """argparse type of every --seed: numpy's generators take non-negative integers only."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: a non-negative integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid seed {value}: a non-negative integer")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,18 +52,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _one_line_warnings(warnings.catch_warnings):
+    """vaelab's own warnings (DataWarning, ...) as one ``vaelab: warning:`` line on stderr, in every
+    subcommand; other libraries' warnings are shown as Python shows them."""
+
+    def __enter__(self):
+        out = super().__enter__()
+        original = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if category.__module__.split(".")[0] == "vaelab":
+                sys.stderr.write(f"vaelab: warning: {message}\n")
+            else:
+                original(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        return out
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.data_dir:
+        from pathlib import Path
+
         from ..paths import set_data_dir
 
+        if Path(args.data_dir).expanduser().exists() and not Path(args.data_dir).expanduser().is_dir():
+            sys.stderr.write(f"vaelab: error: --data-dir {args.data_dir} is a file; give the data folder\n")
+            return 2
         set_data_dir(args.data_dir)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
-        rc = args.func(args)
+        with _one_line_warnings():
+            rc = args.func(args)
     except VaelabError as e:
         sys.stderr.write(f"vaelab: error: {e}\n")
         return 2

@@ -6,11 +6,11 @@ import contextlib
 import inspect
 import math
 import os
-import sys
 import time
 import warnings
 
 from ..errors import VaelabError
+from . import seed
 
 
 def register(subparsers) -> None:
@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     q.add_argument("name")
     q.add_argument("--n", type=int, default=64, help="number of images (default 64)")
     q.add_argument("--out", default="grid.png", help="PNG to write (default grid.png)")
-    q.add_argument("--seed", type=int, default=0, help="random draw seed (default 0)")
+    q.add_argument("--seed", type=seed, default=0, help="random draw seed (default 0)")
     q.add_argument("--nrow", type=int, default=None, help="images per row (default: square grid)")
     _load_args(q)
     q.set_defaults(func=cmd_show)
@@ -128,18 +128,13 @@ def _load_args(p, root: bool = True) -> None:
 
 @contextlib.contextmanager
 def _session(args):
-    """One-line warnings on stderr; --quiet turns progress bars off."""
+    """Every data warning shown (one line each: cli.main formats them); --quiet turns progress bars off."""
     from ..data.prepare import DataWarning
 
     if getattr(args, "quiet", False):
         os.environ["VAELAB_QUIET"] = "1"
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        sys.stderr.write(f"vaelab: warning: {message}\n")
-
     with warnings.catch_warnings():
         warnings.simplefilter("always", DataWarning)
-        warnings.showwarning = show
         yield
 
 
@@ -257,6 +252,10 @@ def cmd_show(args) -> int:
 
     if args.n < 1:
         raise VaelabError(f"--n must be at least 1, got {args.n}")
+    if args.nrow is not None and args.nrow < 1:
+        raise VaelabError(f"--nrow must be at least 1, got {args.nrow}")
+    if not str(args.out).lower().endswith(".png"):
+        raise VaelabError(f"--out {args.out}: the grid is written as a PNG; give a file name ending in .png")
     with _session(args):
         ds = _load(args, args.root)
         n = min(args.n, len(ds))

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import seed
+
 
 def register(sub):
     p = sub.add_parser("encode", help="posterior means and log-variances of a split, with its factors (.npz)",
@@ -14,7 +16,7 @@ def register(sub):
     p.add_argument("run", metavar="RUN", help="run folder made by `vaelab train`")
     p.add_argument("--split", help="dataset split (default: the one the run was trained on)")
     p.add_argument("--n", type=int, help="encode this many images, drawn without replacement (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the draw and of any image noise (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the draw and of any image noise (default 0)")
     p.add_argument("--step", type=int, help="use the checkpoint of this step (default: the newest)")
     p.add_argument("--device", default="cpu", help="cpu (default) | cuda | cuda:N | auto")
     p.add_argument("--batch-size", type=int, default=512, help="images per forward pass (default 512)")

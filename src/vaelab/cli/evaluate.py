@@ -50,14 +50,19 @@ def run_evaluate(args):
         raise VaelabError("--root needs --dataset NAME (the run's own dataset uses its configured root)")
     if args.jobs is not None and args.jobs < 1:
         raise VaelabError(f"--jobs must be a positive number of processes, got {args.jobs}")
+    if args.ray_address is not None and args.backend != "ray":
+        raise VaelabError("--ray-address only applies with --backend ray (scoring the runs of a sweep on Ray)")
     paths, _, summary = runs_of(args.run)
     talk = not args.quiet and not args.json
     if summary is not None:  # several runs: score each, one study table
         from ..metrics.study import evaluate_runs
 
-        if args.out or args.dataset:
-            raise VaelabError("--out and --dataset apply to one run: with several runs each writes RUN/eval.json "
-                              "on the run's own dataset")
+        why = {"--out": "each writes its own RUN/eval.json (and the table goes to study.json)",
+               "--dataset": "each is scored on its own dataset"}
+        given = [opt for opt, value in (("--out", args.out), ("--dataset", args.dataset)) if value]
+        if given:
+            raise VaelabError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to one run: with "
+                              f"several runs {' and '.join(why[g] for g in given)}")
         study, where = evaluate_runs(args.run, metrics=args.metrics, seed=args.seed, profile=args.profile,
                                      dci_trees=args.dci_trees, device=args.device, n_jobs=args.jobs,
                                      force=args.force, backend=args.backend, ray_address=args.ray_address,

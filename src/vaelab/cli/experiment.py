@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from ..errors import VaelabError
+from . import seed
 
 
 def _common(p, default_batches: bool = False):
     p.add_argument("run", metavar="RUN", help="a UG-VAE run folder (made by `vaelab train ugvae-...`)")
     p.add_argument("--step", type=int, help="use the checkpoint of this iteration (default: the newest)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--split", help="dataset split to draw images from (default: the run's own)")
     p.add_argument("--batch-size", type=int, metavar="B",
                    help="images per batch, the unit of global inference (default: the run's batch size)")

@@ -38,10 +38,16 @@ def register(sub):
 def _seeds(text):
     from ..errors import VaelabError
 
-    if not text:
-        return None
+    if text is None:
+        return None  # the preset's seed
+    parts = [s.strip() for s in text.split(",")]
+    if not any(parts):
+        raise VaelabError(f"--seeds {text!r} gives no seed: give comma-separated integers, e.g. 0,1,2 (or leave "
+                          f"--seeds out for the preset's seed)")
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        if not all(parts):
+            raise ValueError
+        return [int(s) for s in parts]
     except ValueError:
         raise VaelabError(f"--seeds must be comma-separated integers, e.g. 0,1,2; got {text!r}") from None
 
@@ -61,7 +67,7 @@ def run_sweep(args):
         manifest = json.loads((result.out / "sweep.json").read_text())
         print(f"sweep of {len(result)} runs ({result.mode}) in {result.out}")
         for run in manifest["runs"]:
-            rows = [r for r in read_metrics(run["path"]) if "loss" in r]
+            rows = [r for r in read_metrics(result.out / run["name"]) if "loss" in r]
             loss = f"{rows[-1]['loss']:.6g}" if rows else "-"
             values = " ".join(f"{k}={v}" for k, v in run["values"].items())
             print(f"  {run['name']:<24} {values:<40} loss {loss}")

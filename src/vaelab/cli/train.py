@@ -1,6 +1,8 @@
 """`vaelab train` and `vaelab presets`."""
 from __future__ import annotations
 
+from . import seed
+
 
 def register(sub):
     p = sub.add_parser("train", help="train a model from a preset or a TOML config",
@@ -12,7 +14,7 @@ def register(sub):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set model.beta=4 (repeatable)")
     p.add_argument("--steps", type=int, help="training iterations")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=seed)
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", help="run folder (default: runs/<preset name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in the run folder")

@@ -1,20 +1,22 @@
 """`vaelab reconstruct | traverse | sample | plot | report`: pictures of what a model learned."""
 from __future__ import annotations
 
+from . import seed
+
 
 def _common(p, out_help: str = "output folder (default: RUN/images)"):
     p.add_argument("run", metavar="RUN", help="run folder made by `vaelab train`")
     p.add_argument("--step", type=int, help="use the checkpoint of this step (default: the newest)")
     p.add_argument("--out", help=out_help)
     p.add_argument("--device", default="cpu", help="cpu (default) | cuda | cuda:N | auto")
-    p.add_argument("--seed", type=int, default=0, help="seed of the image picks and prior draws (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the image picks and prior draws (default 0)")
 
 
 def register(sub):
     p = sub.add_parser("reconstruct", help="data images over their reconstructions (PNG)",
                        description="Write a grid of data images, each row above its reconstructions.")
     _common(p)
-    p.add_argument("--n", type=int, default=32, help="images to show (default 32)")
+    p.add_argument("--n", type=int, help="images to show (default 32)")
     p.add_argument("--images", type=int, nargs="+", action="extend", metavar="I", help="dataset indices to show instead")
     p.set_defaults(func=run_reconstruct)
 
@@ -41,7 +43,7 @@ def register(sub):
                                    "shared global draw.")
     _common(p)
     p.add_argument("--n", type=int, default=64, help="samples (default 64)")
-    p.add_argument("--per-component", type=int, default=8, help="UG-VAE: samples per component (default 8)")
+    p.add_argument("--per-component", type=int, help="UG-VAE: samples per component (default 8)")
     p.set_defaults(func=run_sample)
 
     p = sub.add_parser("plot", help="training curves from metrics.jsonl (PNG)",
@@ -81,8 +83,14 @@ def _done(paths):
 def run_reconstruct(args):
     from ..viz.recon import write_reconstruction
 
+    from ..errors import VaelabError
+    from ..viz.recon import DEFAULT_N
+
+    if args.images and args.n is not None:
+        raise VaelabError("give --n (images drawn at random) or --images (these indices), not both")
     run = _open(args)
-    return _done([write_reconstruction(run, args.out, n=args.n, indices=args.images, seed=args.seed)])
+    return _done([write_reconstruction(run, args.out, n=DEFAULT_N if args.n is None else args.n,
+                                       indices=args.images, seed=args.seed)])
 
 
 def run_traverse(args):
@@ -101,8 +109,15 @@ def run_traverse(args):
 def run_sample(args):
     from ..viz.sample import write_samples
 
+    from ..errors import VaelabError
+    from ..viz.sample import PER_COMPONENT
+
     run = _open(args)
-    return _done([write_samples(run, args.out, n=args.n, seed=args.seed, per_component=args.per_component)])
+    if args.per_component is not None and run.config["model"]["objective"] != "ugvae":
+        raise VaelabError(f"--per-component is for UG-VAE runs (one row per mixture component); {run.path} is a "
+                          f"{run.config['model']['objective']} run: use --n")
+    return _done([write_samples(run, args.out, n=args.n, seed=args.seed,
+                                per_component=PER_COMPONENT if args.per_component is None else args.per_component)])
 
 
 def run_plot(args):

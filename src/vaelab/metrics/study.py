@@ -84,9 +84,23 @@ def format_study(rows: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------------------------------- the work
+def _run_name(entry: dict, manifest: Path) -> str:
+    """The folder, inside the sweep folder, of one run of sweep.json: its ``name``, else the last part
+    of its ``path``. The runs of a sweep folder are always its own subfolders (never the ``path`` as
+    written), so a moved or copied sweep folder stands for its own runs, not the original's."""
+    name = entry.get("name")
+    if name is None and isinstance(entry.get("path"), str):
+        name = Path(entry["path"]).name
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+        raise VaelabError(f"{manifest} is not a sweep manifest written by `vaelab sweep` (run {name!r} is not "
+                          f"a folder name)")
+    return name
+
+
 def runs_of(items) -> tuple[list[Path], list[dict], Path | None]:
     """(run folders, their labels, where study.json goes: None for a single run) from run folders
-    and sweep folders (``sweep.json``: its runs, labelled by their grid values and seed)."""
+    and sweep folders (``sweep.json``: its runs, the subfolders it names, labelled by their grid values
+    and seed)."""
     paths, labels, summary = [], [], None
     for item in items:
         path = Path(item)
@@ -95,15 +109,19 @@ def runs_of(items) -> tuple[list[Path], list[dict], Path | None]:
                               f"folder made by `vaelab sweep`")
         manifest = path / "sweep.json"
         if manifest.is_file() and not (path / "config.toml").is_file():
+            bad = VaelabError(f"{manifest} is not a sweep manifest written by `vaelab sweep`")
             try:
                 runs = json.loads(manifest.read_text())["runs"]
             except (ValueError, KeyError, TypeError):
-                raise VaelabError(f"{manifest} is not a sweep manifest written by `vaelab sweep`") from None
+                raise bad from None
+            if not isinstance(runs, list):
+                raise bad
+            if not runs:
+                raise VaelabError(f"{manifest} lists no runs: nothing to score")
             for r in runs:
-                run_dir = Path(r["path"])
-                if not run_dir.is_dir() and (path / run_dir.name).is_dir():
-                    run_dir = path / run_dir.name  # the sweep folder moved since it was written
-                paths.append(run_dir)
+                if not isinstance(r, dict) or not isinstance(r.get("values", {}), dict):
+                    raise bad
+                paths.append(path / _run_name(r, manifest))
                 labels.append(dict(r.get("values", {})))
             summary = path / "study.json" if len(items) == 1 else None
         else:
@@ -157,6 +175,10 @@ def evaluate_runs(items, *, metrics: str = "all", seed: int = 0, profile: str = 
     from .evaluate import resolve_metrics
 
     names, _ = resolve_metrics(metrics)
+    if backend not in ("local", "ray"):
+        raise VaelabError(f"unknown backend {backend!r}; valid: local, ray")
+    if ray_address is not None and backend != "ray":
+        raise VaelabError("--ray-address only applies with --backend ray")
     paths, labels, summary = runs_of(items)
     if summary is None:
         summary = Path(paths[0]) / "study.json"
@@ -181,8 +203,6 @@ def evaluate_runs(items, *, metrics: str = "all", seed: int = 0, profile: str = 
             for done, (i, result) in enumerate(ray.map(score_run, args, what="scoring task"), 1):
                 results[todo[i]] = result
                 say(f"ray: {done}/{len(todo)} scored ({paths[todo[i]].name})")
-    elif backend != "local":
-        raise VaelabError(f"unknown backend {backend!r}; valid: local, ray")
     else:
         for k in todo:
             say(f"[{k + 1}/{len(paths)}] {paths[k].name}")

@@ -10,6 +10,7 @@ The plain ``vae`` objective is this class: loss = recon + KL.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -37,6 +38,9 @@ class VAE(nn.Module):
     defaults: ClassVar[dict[str, Any]] = {}
     #: allowed values for string-valued keys
     choices: ClassVar[dict[str, tuple]] = {}
+    #: integer keys that count something and must be >= 1 (every other number must be finite and >= 0:
+    #: weights, capacities and schedules of these objectives are never negative)
+    counts: ClassVar[tuple[str, ...]] = ()
     #: common keys whose default differs for this objective (e.g. UG-VAE's gaussian likelihood)
     common_overrides: ClassVar[dict[str, Any]] = {}
     #: images per iteration = batches_per_step × batch size (FactorVAE second_batch: 2)
@@ -92,6 +96,11 @@ class VAE(nn.Module):
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise VaelabError(f"{cls.objective}: {key} must be a number, got {value!r}")
                 value = float(value)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                least = 1 if key in cls.counts else 0
+                if not math.isfinite(value) or value < least:
+                    raise VaelabError(f"{cls.objective}: {key} must be {'a count >= 1' if least else 'finite and >= 0'}, "
+                                      f"got {value!r}")
             out[key] = value
         return out
 

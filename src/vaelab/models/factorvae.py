@@ -33,6 +33,7 @@ def permute_dims(z: torch.Tensor, generator: torch.Generator | None = None) -> t
 
 class FactorVAE(VAE):
     objective = "factorvae"
+    counts = ("disc_layers",)
     defaults = {
         "gamma": 6.4,  # 1Konny/FactorVAE scripts/run_dsprites_gamma6p4.sh
         "disc_layers": 5,  # 1Konny/FactorVAE model.py (dlib fc_discriminator: 6)

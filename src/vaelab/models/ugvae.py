@@ -41,6 +41,7 @@ def kl_gaussians(mu_q, logvar_q, mu_p, logvar_p) -> torch.Tensor:
 
 class UGVAE(VAE):
     objective = "ugvae"
+    counts = ("dim_beta", "K")
     defaults = {
         "dim_beta": 20,  # seed 004 README (MNIST and CelebA runs)
         "K": 10,  # seed 004 README MNIST run

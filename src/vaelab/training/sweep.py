@@ -43,10 +43,26 @@ def parse_grid(items) -> dict[str, list]:
         for part in raw.split(","):
             if not part.strip():
                 raise VaelabError(f"bad --grid {item!r}: empty value")
-            _, v = parse_override(f"{key}={part.strip()}")
+            parts, v = parse_override(f"{key}={part.strip()}")
             values.append(v)
-        grid[key.strip()] = values
+        key = ".".join(parts)
+        if key in grid:
+            raise VaelabError(f"--grid {key} is given twice: give all its values in one --grid {key}=v1,v2,...")
+        grid[key] = values
     return grid
+
+
+def _same(a, b) -> bool:
+    """Parsed values that would configure the same run (1 and 1.0 alike; True is not 1)."""
+    return a == b and isinstance(a, bool) == isinstance(b, bool)
+
+
+def _repeated(values):
+    """The first value of ``values`` that repeats an earlier one, else None."""
+    for i, v in enumerate(values):
+        if any(_same(v, w) for w in values[:i]):
+            return v
+    return None
 
 
 def expand(preset_or_config, grid: dict | None = None, seeds=None, overrides=None, out=None
@@ -54,10 +70,29 @@ def expand(preset_or_config, grid: dict | None = None, seeds=None, overrides=Non
     """The sweep's configs (grid product, seeds innermost), their distinguishing values, and DIR."""
     base = resolve(preset_or_config, overrides)
     grid = dict(grid or {})
-    for key in grid:
+    for key, values in grid.items():
         if key in ("train.seed", "train.out"):
             raise VaelabError(f"--grid {key}: use --seeds for seeds (the sweep names its run folders)")
-    seeds = list(seeds) if seeds else [base.train.seed]
+        if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
+            raise VaelabError(f"--grid {key}: expected a list of values, got {values!r}")
+        values = grid[key] = list(values)
+        if not values:
+            raise VaelabError(f"--grid {key} has no values: give at least one, e.g. --grid {key}=1,2")
+        twice = _repeated(values)
+        if twice is not None:
+            raise VaelabError(f"--grid {key}={','.join(str(v) for v in values)} gives {twice} twice: the "
+                              f"repeat would train the same run again")
+    if seeds is None:
+        seeds = [base.train.seed]
+    else:
+        seeds = list(seeds)
+        if not seeds:
+            raise VaelabError("--seeds is empty: give at least one seed, e.g. 0,1,2 (or leave it out for the "
+                              "preset's seed)")
+        twice = _repeated(seeds)
+        if twice is not None:
+            raise VaelabError(f"--seeds {','.join(str(v) for v in seeds)} gives {twice} twice: the repeat would "
+                              f"train the same run again")
     out_dir = Path(out) if out else Path("runs") / f"{base.name}-sweep"
     keys = list(grid)
     cfgs, labels = [], []
@@ -112,25 +147,45 @@ def sweep(preset_or_config, grid=None, seeds=None, *, overrides=None, steps: int
     ``backend="ray"`` sends them to a Ray cluster (``ray_address``; none: a local Ray started for
     the sweep) as tasks of ``runs_per_task`` runs (default 1 for sequential, 16 for vmap), each
     task holding ``gpus_per_task`` GPUs (default 1 where the cluster has GPUs, else 0; fractions
-    share a GPU). The run folders must be on a file system every Ray node sees."""
+    share a GPU). The run folders must be on a file system every Ray node sees. ``ray_address``,
+    ``runs_per_task`` and ``gpus_per_task`` are errors with any other backend, and so are an empty or
+    repeated seed or grid value and a grid key that ``overrides``, ``steps`` or ``device`` also sets."""
     if mode not in MODES:
         raise VaelabError(f"unknown sweep mode {mode!r}; valid: {', '.join(MODES)}")
     if backend not in BACKENDS:
         raise VaelabError(f"unknown sweep backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if backend != "ray":  # Ray's options, even bad values, would be ignored here: say so instead
+        for option, value in (("--ray-address", ray_address), ("--runs-per-task", runs_per_task),
+                              ("--gpus-per-task", gpus_per_task)):
+            if value is not None:
+                raise VaelabError(f"{option} only applies with --backend ray (this sweep runs with --backend "
+                                  f"{backend})")
+    if runs_per_task is not None and runs_per_task < 1:
+        raise VaelabError(f"--runs-per-task must be at least 1, got {runs_per_task}")
+    if gpus_per_task is not None and not gpus_per_task >= 0:
+        raise VaelabError(f"--gpus-per-task must be 0 or more (a fraction shares a GPU), got {gpus_per_task}")
     if isinstance(grid, (list, tuple)):
         grid = parse_grid(grid)
-    over = {}
+    over, given = {}, {}  # the dotted overrides, and the option each came from
     if overrides:
         items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides]
         for k, v in items:
-            over[".".join(k) if isinstance(k, list) else k] = v
+            key = ".".join(k) if isinstance(k, list) else k
+            over[key], given[key] = v, f"--set {key}"
     if steps is not None:
-        over["train.steps"] = steps
+        over["train.steps"], given["train.steps"] = steps, "--steps"
     if "train.steps" in over and "train.epochs" not in over:
         over["train.epochs"] = 0.0  # an explicit length wins over a preset's epoch count (as `train`)
     if device is not None:
-        over["train.device"] = device
+        over["train.device"], given["train.device"] = device, "--device"
+    for key in grid or {}:
+        if key in given:
+            raise VaelabError(f"{key} is both in --grid and in {given[key]}: give its values in one place "
+                              f"(the --grid values, or a single value with {given[key]})")
     cfgs, labels, out_dir = expand(preset_or_config, grid, seeds, over, out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise VaelabError(f"--out {out_dir} is a file: a sweep writes a folder of runs there (pick a folder "
+                          f"path)")
     if resume:  # each run continues from its own saved config; only explicit overrides change it
         from ..config import read_toml
 
@@ -153,7 +208,10 @@ def sweep(preset_or_config, grid=None, seeds=None, *, overrides=None, steps: int
     result = SweepResult()
     result.out = out_dir
     if ctx.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise VaelabError(f"cannot create the sweep folder --out {out_dir}: {e.strerror or e}") from None
         manifest = {"runs": [{"name": Path(c.train.out).name, "path": str(Path(c.train.out)), "values": lab}
                              for c, lab in zip(cfgs, labels)]}
         (out_dir / "sweep.json").write_text(json.dumps(manifest, indent=1))
@@ -233,10 +291,6 @@ def _ray_task(cfg_dicts: list[dict], mode: str, resume: bool) -> tuple[list[str]
 def _ray_sweep(cfgs, mode, resume, quiet, address, runs_per_task, gpus_per_task) -> tuple[str, str | None]:
     from ..cluster import RaySession
 
-    if runs_per_task is not None and runs_per_task < 1:
-        raise VaelabError(f"--runs-per-task must be at least 1, got {runs_per_task}")
-    if gpus_per_task is not None and not gpus_per_task >= 0:
-        raise VaelabError(f"--gpus-per-task must be 0 or more (a fraction shares a GPU), got {gpus_per_task}")
     with RaySession(address, quiet) as ray:
         if gpus_per_task is None:
             gpus_per_task = 1.0 if ray.gpus > 0 else 0.0

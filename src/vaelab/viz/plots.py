@@ -219,6 +219,9 @@ def read_rows(run_dir, step: int | None = None) -> list[dict]:
     if step is not None:
         if step < 0:
             raise VaelabError(f"--step must be >= 0, got {step}")
+        last = max((r["step"] for r in rows if isinstance(r.get("step"), int)), default=None)
+        if last is not None and step > last:
+            raise VaelabError(f"--step {step} is past the last logged step ({last}) of {run_dir}")
         rows = [r for r in rows if isinstance(r.get("step"), int) and r["step"] <= step]
     if not rows:
         where = f" up to step {step}" if step is not None else ""
