@@ -228,6 +228,11 @@ def test_trainer_runs_a_few_steps_on_each_variant(kind, subset_npz, tmp_path):
     assert pictures and np.asarray(Image.open(pictures[-1])).ndim == 3
     codes = run.encode(run.dataset().gather(range(4)))
     assert codes.shape == (4, 10) and np.isfinite(codes).all()
+    if kind == "noisy":  # `vaelab encode`: each image's noise drawn from the seed, so the file is reproducible
+        a, b, c = (run.encode_dataset(n=16, seed=s) for s in (5, 5, 6))
+        assert np.array_equal(a["mu"], b["mu"]) and np.array_equal(a["index"], b["index"])
+        same = run.encode_dataset(n=16, seed=6)
+        assert np.array_equal(c["mu"], same["mu"]) and not np.array_equal(a["index"], c["index"])
 
 
 def test_resume_is_bit_identical_on_dsprites_noisy(subset_npz, tmp_path):
