@@ -71,3 +71,24 @@ def test_apply_overrides_does_not_mutate():
     base = {"train": {"steps": 1}}
     out = apply_overrides(base, {"train.steps": 2})
     assert base["train"]["steps"] == 1 and out["train"]["steps"] == 2
+
+
+def test_cli_presets_lists_every_preset_and_shows_one_with_its_chain(capsys):
+    from vaelab.cli import main
+    from vaelab.config import preset_names, resolve, tomllib
+
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines] == preset_names()
+    assert any(ln.startswith("factorvae-dsprites-g6.4 ") and "1Konny/FactorVAE" in ln for ln in lines)
+
+    assert main(["presets", "factorvae-dsprites-g6.4"]) == 0
+    out = capsys.readouterr().out
+    heads = [ln for ln in out.splitlines() if ln.startswith("# ----")]
+    assert heads[0] == "# ---- factorvae-dsprites-g6.4.toml" and heads[1] == "# ---- _factorvae-1konny.toml"
+    assert "--max_iter 7e5" in out  # the file's comments (sources, conversions) are shown as written
+    resolved = tomllib.loads(out.split(heads[-1], 1)[1])
+    assert resolved == resolve("factorvae-dsprites-g6.4").to_dict()
+
+    assert main(["presets", "factorvae-dsprite"]) == 2
+    assert "did you mean" in capsys.readouterr().err

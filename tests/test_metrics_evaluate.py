@@ -140,3 +140,15 @@ def test_evaluate_background_dci_matches_in_process():
     assert a["dci.disentanglement"] == b["dci.disentanglement"]
     assert b["metrics"] == ["mig", "dci", "irs"]
     assert b["seconds"]["dci"] > 0
+
+
+def test_table_warns_when_no_latent_is_active():
+    from vaelab.metrics.evaluate import format_table
+
+    result = {"metrics": ["mig", "latent"], "mig.discrete_mig": 0.01, "latent.active_units": 0,
+              "latent.kl_total": 0.02, "seconds": {"mig": 1.0, "latent": 0.1, "encode": 0.5, "total": 1.2}}
+    table = format_table(result)
+    assert table.splitlines()[0].split() == ["metric", "key", "value", "seconds"]
+    assert "no latent is active" in table
+    result["latent.active_units"] = 3
+    assert "no latent is active" not in format_table(result)

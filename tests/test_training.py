@@ -95,10 +95,14 @@ def test_resume_mistakes_are_one_line(tmp_path, dsprites_npz, capsys):
                  *small(dsprites_npz, "--set", "model.latent_dim=5")]) == 2
     err = capsys.readouterr().err
     assert "size mismatch for" in err and len(err.strip().splitlines()) == 1
+    # a changed hyperparameter is said, not silently taken
+    assert main(["train", "quickstart", "--resume", "--steps", "5", "--out", out, "--device", "cpu",
+                 "--set", "model.gamma=20"]) == 0
+    assert "resume: changed from the saved config: model.gamma 6.4 -> 20" in capsys.readouterr().out
     # already past the asked length: said, nothing trained
     main(["train", "quickstart", "--resume", "--steps", "2", "--out", out, "--device", "cpu"])
-    assert "already at step 4" in capsys.readouterr().out
-    assert _newest_step(tmp_path / "r") == 4
+    assert "already at step 5" in capsys.readouterr().out
+    assert _newest_step(tmp_path / "r") == 5
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -150,6 +150,7 @@ def test_ugvae_sample_and_report(ug_run, tmp_path):
     g = sample_grid(run, per_component=5)
     assert g.shape[0] == k * 30 + 2  # one row of 28 x 28 draws per mixture component
     assert main(["sample", str(ug_run), "--out", str(tmp_path)]) == 0
+    assert main(["sample", str(ug_run), "--n", "64", "--out", str(tmp_path)]) == 2  # rows per component instead
     assert main(["traverse", str(ug_run), "--zero", "--prior-sample", "--out", str(tmp_path)]) == 0
     assert main(["report", str(ug_run), "--out", str(tmp_path / "ug.html"), "--quiet"]) == 0
 

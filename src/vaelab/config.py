@@ -244,6 +244,19 @@ def read_toml(path: Path) -> dict:
     return d
 
 
+def flatten(d, prefix: str = "") -> dict:
+    """Nested dicts -> one level with dotted keys."""
+    out = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, dict):
+                out.update(flatten(v, key))
+            else:
+                out[key] = v
+    return out
+
+
 def merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():

@@ -33,7 +33,7 @@ def register(sub):
     p.add_argument("--device", default="cpu", help="device for encoding: cpu (default), cuda, cuda:N, auto")
     p.add_argument("--out", metavar="PATH", help="where to write eval.json (default: RUN/eval.json)")
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--quiet", action="store_true", help="print nothing (the scores still go to eval.json; --json prints them)")
     p.set_defaults(func=run_evaluate)
 
 

@@ -102,6 +102,8 @@ def _report(args, res, lines):
     print(f"{res.name}: {res.dir}")
     for line in lines:
         print(f"  {line}")
+    for note in getattr(res, "data", {}).get("notes", []):  # caveats belong beside the numbers, not only in the JSON
+        print(f"  note: {note}")
 
 
 def _fmt(v):

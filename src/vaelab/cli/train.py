@@ -26,7 +26,11 @@ def register(sub):
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     p.set_defaults(func=run_train)
 
-    q = sub.add_parser("presets", help="list the presets with their sources")
+    q = sub.add_parser("presets", help="list the presets with their sources, or show one",
+                       description="Without NAME: one line per preset (objective/net, dataset, source). With NAME: "
+                                   "the preset file (its comments name the source of each value and any "
+                                   "conversion), then the whole config it resolves to, every default filled in.")
+    q.add_argument("name", nargs="?", metavar="NAME", help="a preset to show")
     q.set_defaults(func=run_presets)
 
 
@@ -46,8 +50,24 @@ def run_train(args):
 
 
 def run_presets(args):
-    from ..config import load_preset, preset_names
+    from ..config import PRESET_DIR, load_preset, preset_names, resolve
 
+    if args.name:
+        from ..config import tomllib  # tomllib, or tomli on Python 3.10
+
+        cfg = resolve(args.name)  # an unknown name: one line with the closest names
+        chain, name = [], args.name
+        while name:  # the preset and the presets it extends
+            path = PRESET_DIR / f"{name}.toml"
+            chain.append(path)
+            name = tomllib.loads(path.read_text()).get("extends")  # as written (read_toml merges it)
+        for path in chain:
+            print(f"# ---- {path.name}")
+            print(path.read_text().rstrip())
+            print()
+        print("# ---- resolved (every default filled in; `vaelab train` saves this as RUN/config.toml)")
+        print(cfg.to_toml().rstrip())
+        return 0
     rows = []
     for name in preset_names():
         d = load_preset(name)

@@ -42,7 +42,7 @@ def register(sub):
                        description="Decode draws from the prior. UG-VAE: one row per mixture component, one "
                                    "shared global draw.")
     _common(p)
-    p.add_argument("--n", type=int, default=64, help="samples (default 64)")
+    p.add_argument("--n", type=int, help="samples (default 64; UG-VAE: see --per-component)")
     p.add_argument("--per-component", type=int, help="UG-VAE: samples per component (default 8)")
     p.set_defaults(func=run_sample)
 
@@ -81,10 +81,8 @@ def _done(paths):
 
 
 def run_reconstruct(args):
-    from ..viz.recon import write_reconstruction
-
     from ..errors import VaelabError
-    from ..viz.recon import DEFAULT_N
+    from ..viz.recon import DEFAULT_N, write_reconstruction
 
     if args.images and args.n is not None:
         raise VaelabError("give --n (images drawn at random) or --images (these indices), not both")
@@ -107,16 +105,16 @@ def run_traverse(args):
 
 
 def run_sample(args):
-    from ..viz.sample import write_samples
-
     from ..errors import VaelabError
-    from ..viz.sample import PER_COMPONENT
+    from ..viz.sample import DEFAULT_N, PER_COMPONENT, write_samples
 
     run = _open(args)
+    if args.n is not None and run.config["model"]["objective"] == "ugvae":
+        raise VaelabError("a UG-VAE run samples one row per mixture component: give --per-component N, not --n")
     if args.per_component is not None and run.config["model"]["objective"] != "ugvae":
         raise VaelabError(f"--per-component is for UG-VAE runs (one row per mixture component); {run.path} is a "
                           f"{run.config['model']['objective']} run: use --n")
-    return _done([write_samples(run, args.out, n=args.n, seed=args.seed,
+    return _done([write_samples(run, args.out, n=DEFAULT_N if args.n is None else args.n, seed=args.seed,
                                 per_component=PER_COMPONENT if args.per_component is None else args.per_component)])
 
 

@@ -123,7 +123,8 @@ def missing_data(name: str, looked: Path | str, how: str | None = None) -> Vaela
         spec = REGISTRY.get(name)
         how = spec.fetch_command if spec is not None else None
     hint = f"; get it with `{how}`" if how and how.startswith("vaelab ") else (f"; {how}" if how else "")
-    return VaelabError(f"{name}: no data at {looked}{hint} (or pass --root PATH)")
+    return VaelabError(f"{name}: no data at {looked}{hint} (or point at it: --set data.root=PATH when "
+                       f"training, --root PATH in `vaelab data` and `vaelab evaluate --dataset`)")
 
 
 def require_grid_split(name: str, split: str) -> None:

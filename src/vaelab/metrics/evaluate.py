@@ -499,7 +499,7 @@ def _fmt(v) -> str:
 
 def format_table(result: dict) -> str:
     """Scores as a plain-text table: metric, key, value, seconds (first row of each metric)."""
-    rows = [("metric", "score", "value", "seconds")]
+    rows = [("metric", "key", "value", "seconds")]  # key: the eval.json name after "metric."
     for name in result.get("metrics", []):
         m = METRICS.get(name)
         if m is None:
@@ -523,6 +523,9 @@ def format_table(result: dict) -> str:
                      f"its time overlaps theirs")
     for name, reason in result.get("skipped", {}).items():
         lines.append(f"skipped {name}: {reason}")
+    if result.get("latent.active_units") == 0:
+        lines.append("warning: no latent is active (Var[mu] < 0.01 for every latent, Burda et al.): the model "
+                     "has collapsed to the prior and the scores above say nothing about disentanglement")
     for name, msgs in result.get("warnings", {}).items():
         for msg in msgs:
             lines.append(f"warning ({name}): {msg}")

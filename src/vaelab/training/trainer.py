@@ -289,9 +289,13 @@ class Trainer:
         from ..viz.grid import save_png
         from ..viz.live import training_images
 
-        idx = self.train_indices[:IMAGE_ROWS] if self.val_indices is None else self.val_indices[:IMAGE_ROWS]
         if not self.main:
             return
+        if getattr(self, "_picture_idx", None) is None:  # the same images at every step: a fixed random pick
+            pool = self.train_indices if self.val_indices is None else self.val_indices
+            pick = np.random.default_rng(0).choice(len(pool), size=min(IMAGE_ROWS, len(pool)), replace=False)
+            self._picture_idx = pool[torch.from_numpy(np.sort(pick))]  # (numpy: the torch RNG is untouched)
+        idx = self._picture_idx
         images = self.sampler.images
         x_u8 = show(images[idx.to(images.device)], self.sampler.view, torch_generator(0, images.device))
         out = self.run_dir / "images"
@@ -444,6 +448,14 @@ def train(preset_or_config=None, *, overrides=None, resume: bool = False, quiet:
         over.pop("train.epochs", None)
     cfg = resolve(preset_or_config or "quickstart", over)
     ctx = distributed.from_env()
+    if resume and not quiet and ctx.main:  # say what the resumed run now does differently
+        from ..config import flatten
+
+        before, after = flatten(resolve(saved).to_dict()), flatten(cfg.to_dict())
+        changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in after.items()
+                   if k not in ("train.steps", "train.epochs", "train.out") and before.get(k) != v]
+        if changed:
+            print(f"resume: changed from the saved config: {'; '.join(changed)}")
     if cfg.train.folds:
         if ctx.active:
             raise VaelabError("k-fold cross-validation (train.folds) does not run under torchrun; "

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from ..config import flatten
 from ..errors import VaelabError
 from . import common, plots
 from . import recon as rc
@@ -115,17 +116,6 @@ def _render(run, d: Path, tag: str, seed: int) -> dict:
 
 
 # ====================================================================== run facts (no model needed)
-def flatten(d, prefix: str = "") -> dict:
-    """Nested dicts -> one level with dotted keys."""
-    out = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            key = f"{prefix}.{k}" if prefix else str(k)
-            if isinstance(v, dict):
-                out.update(flatten(v, key))
-            else:
-                out[key] = v
-    return out
 
 
 def read_json(path: Path):
