@@ -294,4 +294,11 @@ def test_report_scores_experiments_and_comparison(viz_run, viz_report, tmp_path)
     rep = (other / "report.html").read_text()
     assert "Disentanglement scores" in rep and "0.123" in rep and "0.61" in rep
     assert "factor_vae.eval_accuracy" in comp and "dci.disentanglement" in comp
+    assert "<th>scored at</th>" in comp
     assert "UG-VAE experiments" in rep and "interpolation" in rep and "0.89" in rep
+    assert "class=stale" not in rep  # scored at the checkpoint the page shows
+    data = json.loads((other / "eval.json").read_text())
+    (other / "eval.json").write_text(json.dumps({**data, "step": 10}))  # scores of an older checkpoint
+    assert main(["report", str(other), "--quiet"]) == 0
+    rep = (other / "report.html").read_text()
+    assert "These scores are of the checkpoint at step 10; the rest of this page shows step 20" in rep

@@ -201,6 +201,7 @@ def run_facts(run_dir) -> dict:
         "terms": last_terms([r for r in rows if not any(k.startswith("val.") for k in r)]),
         "val_terms": last_terms([r for r in rows if any(k.startswith("val.") for k in r)]),
         "scores": scores(run_dir),
+        "scored_step": (lambda d: d.get("step") if isinstance(d, dict) else None)(read_json(run_dir / "eval.json")),
     }
 
 
@@ -238,6 +239,7 @@ figcaption { color:var(--muted); font-size:13px; margin-top:2px; }
 .gifs { display:flex; flex-wrap:wrap; gap:8px; }
 .gifs figure { text-align:center; }
 .note { color:var(--muted); font-size:13px; }
+.stale { color:#a33; font-weight:600; }
 """
 
 SORT_JS = """
@@ -342,7 +344,7 @@ def _config_section(run, facts: dict) -> str:
     return "".join(parts)
 
 
-def _scores_section(run_dir: Path) -> str:
+def _scores_section(run_dir: Path, step: int | None = None) -> str:
     data = read_json(run_dir / "eval.json")
     if not isinstance(data, dict):
         return ""
@@ -354,6 +356,10 @@ def _scores_section(run_dir: Path) -> str:
     facts = [f"{k} {data[k]}" for k in ("step", "profile", "seed") if k in data and not isinstance(data[k], dict)]
     if facts:
         out.append(f"<p class=note>eval.json: {esc(', '.join(facts))}</p>")
+    scored = data.get("step")
+    if step is not None and isinstance(scored, int) and scored != step:
+        out.append(f"<p class=stale>These scores are of the checkpoint at step {scored:,}; the rest of this page "
+                   f"shows step {step:,}. Run <code>vaelab evaluate {esc(run_dir)}</code> to score it.</p>")
     if main:
         out.append(_score_table(main, heads))
     else:
@@ -447,7 +453,7 @@ def run_report_html(run, manifest: dict, images_dir: Path) -> str:
             f"{esc(facts['dataset'])} · {facts['latent_dim']} latents · checkpoint step {step:,}"
             f" · report written {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}</p>"
             f"<p class=note>run folder {esc(run_dir.resolve())}</p></header>")
-    sc = _scores_section(run_dir)
+    sc = _scores_section(run_dir, step)
     ex = _experiments_section(run_dir)
     links = [("config", "Config")] + ([("scores", "Scores")] if sc else []) + [
         ("curves", "Curves"), ("recon", "Reconstructions"), ("traversals", "Traversals"), ("samples", "Samples"),
@@ -592,6 +598,8 @@ def comparison_html(facts: list[dict], reports: list[Path], out: Path, study: di
     cols += [(k, (lambda k: lambda f: f["terms"].get(k))(k), False) for k in term_keys]
     cols += [(k, (lambda k: lambda f: f["val_terms"].get(k))(k), False)
              for k in sorted({k for f in facts for k in f["val_terms"]})]
+    if any(f["scores"] for f in facts):  # the checkpoint each run's scores are of (eval.json's step)
+        cols += [("scored at", lambda f: f.get("scored_step") if f["scores"] else None, False)]
     cols += [(k, (lambda k: lambda f: f["scores"].get(k))(k), False)
              for k in sorted({k for f in facts for k in f["scores"]})]
     shared = []
