@@ -122,6 +122,8 @@ def test_out_that_is_a_file(tmp_path, dsprites_npz, capsys):
     f.write_text("x")
     assert main(["train", "quickstart", "--steps", "2", "--out", str(f), *small(dsprites_npz)]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err and f.read_text() == "x"
+    assert main(["train", "quickstart", "--steps", "2", "--folds", "2", "--out", str(f), *small(dsprites_npz)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err and f.read_text() == "x"
 
 
 def test_nan_stops_with_step_and_term(tmp_path, dsprites_npz, capsys):

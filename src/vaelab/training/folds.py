@@ -12,12 +12,15 @@ import numpy as np
 
 from ..config import Config
 from ..data.splits import kfold_indices
+from ..errors import VaelabError
 from .trainer import Trainer, default_run_dir, load_dataset
 
 
 def run_folds(cfg: Config, *, quiet: bool = False, resume: bool = False) -> dict:
     k = cfg.train.folds
     root = default_run_dir(cfg)
+    if root.exists() and not root.is_dir():
+        raise VaelabError(f"--out {root} is a file, not a folder: choose a folder for the k-fold runs")
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.toml").write_text(cfg.to_toml())
     dataset = load_dataset(cfg)
@@ -35,7 +38,7 @@ def run_folds(cfg: Config, *, quiet: bool = False, resume: bool = False) -> dict
         val = trainer.validate()
         results.append({"fold": i, "train_size": len(train_idx), "val_size": len(val_idx), **val})
         if not quiet:
-            print(f"fold {i}: " + "  ".join(f"{k}={v:.4g}" for k, v in val.items() if k == "val.loss"))
+            print(f"fold {i}: " + "  ".join(f"{k}={v:.6g}" for k, v in val.items() if k == "val.loss"))
     keys = sorted({k for r in results for k in r if k.startswith("val.")})
     summary = {"folds": results,
                "mean": {k: float(np.mean([r[k] for r in results])) for k in keys},
@@ -44,5 +47,5 @@ def run_folds(cfg: Config, *, quiet: bool = False, resume: bool = False) -> dict
     if not quiet:
         m, s = summary["mean"].get("val.loss"), summary["std"].get("val.loss")
         if m is not None:
-            print(f"{k}-fold cross-validation: val.loss = {m:.4g} +- {s:.4g}  ({root / 'folds.json'})")
+            print(f"{k}-fold cross-validation: val.loss = {m:.6g} +- {s:.3g}  ({root / 'folds.json'})")
     return summary
