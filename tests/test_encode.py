@@ -65,3 +65,12 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, capsys, argv, message):
 def test_not_a_run_folder(tmp_path, capsys):
     assert main(["encode", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_an_out_path_under_a_file_is_one_line(run_dir, tmp_path, capsys):
+    """cli.main turns an OS error about a path the user gave into one line (here: a folder that is a file)."""
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert main(["encode", str(run_dir), "--n", "4", "--quiet", "--out", str(f / "codes.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vaelab: error:") and str(f) in err and len(err.splitlines()) == 1

@@ -94,6 +94,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("vaelab: interrupted\n")
         return 130
+    except OSError as e:  # a path the user gave that cannot be written or read (a file where a folder goes, ...)
+        if e.filename is None:
+            raise
+        where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
+        sys.stderr.write(f"vaelab: error: {where}: {e.strerror or type(e).__name__}\n")
+        return 2
     return int(rc or 0)
 
 
