@@ -152,3 +152,6 @@ def test_table_warns_when_no_latent_is_active():
     assert "no latent is active" in table
     result["latent.active_units"] = 3
     assert "no latent is active" not in format_table(result)
+    result.update({"metrics": ["factor_vae"], "factor_vae.eval_accuracy": 0.7,
+                   "dataset": {"factor_sizes": [3, 6, 40, 32, 32]}})
+    assert "chance level of factor_vae accuracy is 1/K = 0.200 (5 factors)" in format_table(result)

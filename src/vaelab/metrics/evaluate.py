@@ -523,6 +523,10 @@ def format_table(result: dict) -> str:
                      f"its time overlaps theirs")
     for name, reason in result.get("skipped", {}).items():
         lines.append(f"skipped {name}: {reason}")
+    k = len((result.get("dataset") or {}).get("factor_sizes") or [])
+    guessed = [n for n in ("beta_vae", "factor_vae") if f"{n}.eval_accuracy" in result]
+    if k and guessed:  # both classify which factor was fixed: chance is 1/K
+        lines.append(f"note: chance level of {' and '.join(guessed)} accuracy is 1/K = {1 / k:.3f} ({k} factors)")
     if result.get("latent.active_units") == 0:
         lines.append("warning: no latent is active (Var[mu] < 0.01 for every latent, Burda et al.): the model "
                      "has collapsed to the prior and the scores above say nothing about disentanglement")
