@@ -174,6 +174,7 @@ class Trainer:
         self._term_names: list[str] = []
         self.last_checkpoint: Path | None = None
         self.step_fn = None
+        self._picture_idx: torch.Tensor | None = None  # the images of the training pictures (save_images)
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> tuple[dict, dict]:
@@ -291,7 +292,7 @@ class Trainer:
 
         if not self.main:
             return
-        if getattr(self, "_picture_idx", None) is None:  # the same images at every step: a fixed random pick
+        if self._picture_idx is None:  # the same images at every step: a fixed random pick
             pool = self.train_indices if self.val_indices is None else self.val_indices
             pick = np.random.default_rng(0).choice(len(pool), size=min(IMAGE_ROWS, len(pool)), replace=False)
             self._picture_idx = pool[torch.from_numpy(np.sort(pick))]  # (numpy: the torch RNG is untouched)
