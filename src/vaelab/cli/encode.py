@@ -1,7 +1,6 @@
 """`vaelab encode`: a run's posterior over a dataset split, with the ground truth, as one .npz."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from . import seed
@@ -26,19 +25,17 @@ def register(sub):
 
 
 def save_npz(arrays: dict, path: Path) -> Path:
-    """Write ``arrays`` to ``path`` atomically (a temporary file renamed into place)."""
+    """Write ``arrays`` to ``path`` atomically (built in memory, then the one atomic writer)."""
+    import io
+
     import numpy as np
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    from ..data.prepare import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
 
 
 def run_encode(args):
