@@ -98,6 +98,13 @@ def _save(fig, path) -> Path:
     return path
 
 
+#: units of the logged terms (SPEC 1.3: sums over pixels and latents, means over the batch); UG-VAE's
+#: kl_beta is one global latent per batch, so it is per batch (its loss adds kl_beta / batch size)
+UNITS = {**{k: "nats / image" for k in ("loss", "recon", "kl", "kl_z", "kl_d", "tc", "mi", "dwkl", "dip",
+                                         "capacity")},
+         "kl_beta": "nats / batch"}
+
+
 def _panels(scalars: dict) -> list[tuple[str, list[tuple[str, str]]]]:
     """[(title, [(key, style), ...])] in a stable, readable order."""
     keys = list(scalars)
@@ -146,6 +153,9 @@ def plot_curves(rows: list[dict], path, title: str | None = None) -> Path | None
             ax.set_yscale("log")
         ax.set_title(f"{name} and C (capacity)" if has_c else name, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
+        unit = UNITS.get(name[4:] if name.startswith("val.") else name)
+        if unit:
+            ax.set_ylabel(unit, fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
         if len(lines) > 1:
