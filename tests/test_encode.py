@@ -22,7 +22,8 @@ def test_cli_writes_codes_equal_to_the_model_on_the_same_images(run_dir, tmp_pat
                  "--batch-size", "64"]) == 0
     assert "300 images x 10 latents, 5 factors" in capsys.readouterr().out
     z = np.load(out)  # no pickle needed
-    assert set(z.files) == {"mu", "logvar", "index", "factors", "factor_names", "factor_sizes", "step"}
+    assert set(z.files) == {"mu", "logvar", "index", "factors", "factor_names", "factor_sizes", "factor_values",
+                            "step"}
     run = vaelab.load_run(run_dir)
     ds = run.dataset()
     idx = z["index"]
@@ -35,6 +36,9 @@ def test_cli_writes_codes_equal_to_the_model_on_the_same_images(run_dir, tmp_pat
     assert np.array_equal(z["factors"], ds.factors[torch.from_numpy(idx)].numpy())
     assert z["factor_names"].tolist() == ["shape", "scale", "orientation", "posX", "posY"]
     assert z["factor_sizes"].tolist() == list(ds.factor_sizes) and int(z["step"]) == run.step
+    for k, values in enumerate(ds.factor_values):  # real values, NaN past each factor's size
+        n = len(values)
+        assert np.allclose(z["factor_values"][k, :n], values) and np.isnan(z["factor_values"][k, n:]).all()
     # the same seed draws the same images; another seed others
     again = run.encode_dataset(n=300, seed=3)
     assert np.array_equal(again["index"], idx)

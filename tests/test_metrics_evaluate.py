@@ -155,6 +155,10 @@ def test_table_warns_when_no_latent_is_active():
     result.update({"metrics": ["factor_vae"], "factor_vae.eval_accuracy": 0.7,
                    "dataset": {"factor_sizes": [3, 6, 40, 32, 32]}})
     assert "chance level of factor_vae accuracy is 1/K = 0.200 (5 factors)" in format_table(result)
+    # which latent carries each factor: MI / H, best and runner-up (hand-computed)
+    result.update({"mig.mutual_info": [[0.5, 0.0], [0.1, 0.9]], "mig.entropy": {"a": 1.0, "bb": 1.8}})
+    lines = format_table(result).splitlines()
+    assert "  a   z0 0.50   next z1 0.10" in lines and "  bb  z1 0.50   next z0 0.00" in lines
 
 
 def test_elbo_is_the_fit_on_the_latent_metric_rows(tmp_path_factory, shared_data):

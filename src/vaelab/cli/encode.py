@@ -10,8 +10,9 @@ def register(sub):
     p = sub.add_parser("encode", help="posterior means and log-variances of a split, with its factors (.npz)",
                        description="Encode every image of a split (or --n drawn at random) and write one .npz: "
                                    "mu and logvar (N x D), index (the images' dataset indices), factors (N x K "
-                                   "class indices), factor_names and factor_sizes where the data has factors, "
-                                   "step. Read it with numpy.load (no pickle).")
+                                   "class indices), factor_names, factor_sizes and factor_values (K x max "
+                                   "size, the real value of each class, NaN-padded) where the data has "
+                                   "factors, step. Read it with numpy.load (no pickle).")
     p.add_argument("run", metavar="RUN", help="run folder made by `vaelab train`")
     p.add_argument("--split", help="dataset split (default: the one the run was trained on)")
     p.add_argument("--n", type=int, help="encode this many images, drawn without replacement (default: all)")

@@ -537,6 +537,24 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def latent_assignment(result: dict) -> list[str]:
+    """Lines saying which latent carries each factor: MIG's mutual information over the factor's
+    entropy (0 to 1), the best latent and the runner-up (their difference is the factor's MIG)."""
+    mi, ent = result.get("mig.mutual_info"), result.get("mig.entropy")
+    if not mi or not isinstance(ent, dict) or len(mi[0]) != len(ent):
+        return []
+    m = np.asarray(mi, dtype=float)  # latents x factors
+    names = list(ent)
+    width = max(len(n) for n in names)
+    out = ["which latent carries each factor (mutual information / factor entropy, from MIG):"]
+    for j, name in enumerate(names):
+        norm = m[:, j] / ent[name] if ent[name] > 0 else np.zeros(len(m))
+        order = np.argsort(-norm, kind="stable")
+        second = f"   next z{order[1]} {norm[order[1]]:.2f}" if len(order) > 1 else ""
+        out.append(f"  {name:<{width}}  z{order[0]} {norm[order[0]]:.2f}{second}")
+    return out
+
+
 def format_table(result: dict) -> str:
     """Scores as a plain-text table: metric, key, value, seconds (first row of each metric)."""
     rows = [("metric", "key", "value", "seconds")]  # key: the eval.json name after "metric."
@@ -563,6 +581,7 @@ def format_table(result: dict) -> str:
                      f"its time overlaps theirs")
     for name, reason in result.get("skipped", {}).items():
         lines.append(f"skipped {name}: {reason}")
+    lines += latent_assignment(result)
     k = len((result.get("dataset") or {}).get("factor_sizes") or [])
     guessed = [n for n in ("beta_vae", "factor_vae") if f"{n}.eval_accuracy" in result]
     if k and guessed:  # both classify which factor was fixed: chance is 1/K

@@ -86,8 +86,8 @@ class Run:
         ``seed``), with the ground truth beside it, as arrays ready for ``np.savez``:
 
         ``mu``, ``logvar`` (N x D float32), ``index`` (N, the images' dataset indices, ascending),
-        ``factors`` (N x K int64 class indices) with ``factor_names`` and ``factor_sizes`` where the
-        data has factors, and ``step`` (the checkpoint's). Datasets with a view (dlib's noisy
+        ``factors`` (N x K int64 class indices) with ``factor_names``, ``factor_sizes`` and
+        ``factor_values`` (K x max size, the real value of each class, NaN-padded) where the data has factors, and ``step`` (the checkpoint's). Datasets with a view (dlib's noisy
         dSprites) draw each image's noise from ``seed``."""
         ds = self.dataset(split)
         total = len(ds)
@@ -123,6 +123,10 @@ class Run:
             out["factors"] = ds.factors[torch.from_numpy(index)].cpu().numpy().astype(np.int64)
             out["factor_names"] = np.array(list(ds.factor_names), dtype=str)
             out["factor_sizes"] = np.array(list(ds.factor_sizes), dtype=np.int64)
+            values = np.full((len(ds.factor_sizes), max(ds.factor_sizes)), np.nan)
+            for k, v in enumerate(ds.factor_values):
+                values[k, :len(v)] = np.asarray(v, dtype=np.float64)
+            out["factor_values"] = values  # K x max size: row k, column c = factor k's class c (NaN past its size)
         return out
 
     @torch.no_grad()
