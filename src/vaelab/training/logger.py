@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -80,9 +79,9 @@ def _keep_upto(path: Path, step: int):
         keep.append(line)
     if keep == lines and (not text or text.endswith("\n")):
         return
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    os.replace(tmp, path)
+    from ..data.prepare import atomic_write_bytes
+
+    atomic_write_bytes(path, "".join(ln + "\n" for ln in keep).encode())
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -49,11 +49,7 @@ class Run:
     @torch.no_grad()
     def encode(self, images, batch_size: int = 512) -> np.ndarray:
         """Posterior means ``N x D`` of uint8 images ``N x C x H x W`` (tensor or array)."""
-        images = torch.as_tensor(images)
-        if images.dtype != torch.uint8:
-            raise VaelabError(f"encode expects uint8 images, got {images.dtype}")
-        if images.ndim == 3:
-            images = images.unsqueeze(1)
+        images = _uint8_images(images)
         model = self._inference_model()
         out = []
         for i in range(0, len(images), batch_size):
@@ -66,9 +62,7 @@ class Run:
     @torch.no_grad()
     def encode_params(self, images, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
         """(mu, logvar) of the posterior for uint8 images."""
-        images = torch.as_tensor(images)
-        if images.dtype != torch.uint8:
-            raise VaelabError(f"encode expects uint8 images, got {images.dtype}")
+        images = _uint8_images(images)
         if len(images) == 0:
             return (np.zeros((0, self.latent_dim), dtype=np.float32),) * 2
         mus, lvs = [], []
@@ -82,13 +76,14 @@ class Run:
 
     def encode_dataset(self, split: str | None = None, n: int | None = None, seed: int = 0,
                        batch_size: int = 512, progress: bool = False) -> dict[str, np.ndarray]:
-        """The posterior of every image of a split (default: the run's) (or of ``n`` drawn without replacement with
-        ``seed``), with the ground truth beside it, as arrays ready for ``np.savez``:
+        """The posterior of every image of a split (default: the run's), or of ``n`` drawn without
+        replacement with ``seed``, with the ground truth beside it, as arrays ready for ``np.savez``:
 
         ``mu``, ``logvar`` (N x D float32), ``index`` (N, the images' dataset indices, ascending),
-        ``factors`` (N x K int64 class indices) with ``factor_names``, ``factor_sizes`` and
-        ``factor_values`` (K x max size, the real value of each class, NaN-padded) where the data has factors, and ``step`` (the checkpoint's). Datasets with a view (dlib's noisy
-        dSprites) draw each image's noise from ``seed``."""
+        ``step`` (the checkpoint's) and, where the data has factors, ``factors`` (N x K int64 class
+        indices), ``factor_names``, ``factor_sizes`` and ``factor_values`` (K x max size, the real
+        value of each class, NaN-padded). Datasets with a view (dlib's noisy dSprites) draw each
+        image's noise from ``seed``."""
         ds = self.dataset(split)
         total = len(ds)
         if n is not None and n < 1:
@@ -154,6 +149,14 @@ class Run:
         from .logger import read_metrics
 
         return read_metrics(self.path)
+
+
+def _uint8_images(images) -> torch.Tensor:
+    """uint8 images as an ``N x C x H x W`` tensor (``N x H x W``: one channel added)."""
+    images = torch.as_tensor(images)
+    if images.dtype != torch.uint8:
+        raise VaelabError(f"encode expects uint8 images, got {images.dtype}")
+    return images.unsqueeze(1) if images.ndim == 3 else images
 
 
 def is_run_dir(path) -> bool:
