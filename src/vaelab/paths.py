@@ -11,6 +11,17 @@ from pathlib import Path
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "vaelab" / "data"
 
 
+def require_folder(path: str | os.PathLike, option: str, holds: str) -> Path:
+    """``path`` as a Path, unless something other than a folder is there: then one clear error naming
+    the ``option`` the user gave it with and what the folder would hold."""
+    from .errors import VaelabError
+
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise VaelabError(f"{option} {path} is a file, not a folder: choose a folder for {holds}")
+    return p
+
+
 def data_dir(override: str | os.PathLike | None = None) -> Path:
     """The data directory (not created)."""
     if override:

@@ -73,19 +73,14 @@ class _one_line_warnings(warnings.catch_warnings):
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.data_dir:
-        from pathlib import Path
-
-        from ..paths import set_data_dir
-
-        if Path(args.data_dir).expanduser().exists() and not Path(args.data_dir).expanduser().is_dir():
-            sys.stderr.write(f"vaelab: error: --data-dir {args.data_dir} is a file; give the data folder\n")
-            return 2
-        set_data_dir(args.data_dir)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
+        if args.data_dir:
+            from ..paths import require_folder, set_data_dir
+
+            set_data_dir(require_folder(args.data_dir, "--data-dir", "the data"))
         with _one_line_warnings():
             rc = args.func(args)
     except VaelabError as e:

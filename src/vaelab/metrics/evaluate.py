@@ -149,17 +149,22 @@ def _run_latent(sampler, seed, kw, ctx):
     out = {"active_units": d["count"], "variance": d["variance"].tolist()}
     params = ctx.get("encode_params")
     if params is not None:  # posterior parameters available (a run): KL per dimension on the same images
-        ds = sampler.dataset
-        rows = np.random.default_rng(seed).integers(0, len(ds), size=kw.get("num_train", 10_000))
         import torch
 
         from ..data.views import torch_generator
 
-        mu, logvar = params(ds.gather(torch.from_numpy(np.sort(rows)), torch_generator(seed)))
+        ds = sampler.dataset
+        rows = _iid_rows(ds, seed, kw.get("num_train", 10_000))
+        mu, logvar = params(ds.gather(torch.from_numpy(rows), torch_generator(seed)))
         kl = kl_per_latent(mu, logvar)
         out["kl_per_latent"] = kl.tolist()
         out["kl_total"] = float(kl.sum())
     return out, 0
+
+
+def _iid_rows(ds, seed: int, n: int) -> np.ndarray:
+    """``n`` dataset rows drawn i.i.d. with ``seed``, ascending: the images ``latent`` and ``elbo`` use."""
+    return np.sort(np.random.default_rng(seed).integers(0, len(ds), size=n))
 
 
 def _run_elbo(sampler, seed, kw, ctx):
@@ -176,7 +181,7 @@ def _run_elbo(sampler, seed, kw, ctx):
     run = ctx["run"]
     model, dev = run.model, run.device
     ds = sampler.dataset
-    rows = np.sort(np.random.default_rng(seed).integers(0, len(ds), size=kw.get("num_train", 10_000)))
+    rows = _iid_rows(ds, seed, kw.get("num_train", 10_000))
     noise = torch.Generator(device=dev).manual_seed(seed)
     view_noise = torch_generator(seed)
     sums = {"reconstruction": 0.0, "reconstruction_at_mean": 0.0, "kl": 0.0}

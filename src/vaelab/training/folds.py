@@ -12,15 +12,14 @@ import numpy as np
 
 from ..config import Config
 from ..data.splits import kfold_indices
-from ..errors import VaelabError
+from ..paths import require_folder
 from .trainer import Trainer, default_run_dir, load_dataset
 
 
 def run_folds(cfg: Config, *, quiet: bool = False, resume: bool = False) -> dict:
     k = cfg.train.folds
     root = default_run_dir(cfg)
-    if root.exists() and not root.is_dir():
-        raise VaelabError(f"--out {root} is a file, not a folder: choose a folder for the k-fold runs")
+    require_folder(root, "--out", "the k-fold runs")
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.toml").write_text(cfg.to_toml())
     dataset = load_dataset(cfg)

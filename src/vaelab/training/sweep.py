@@ -24,6 +24,7 @@ import torch
 
 from ..config import Config, parse_override, resolve
 from ..errors import VaelabError
+from ..paths import require_folder
 from .vmap import VmapSweep, vmap_problem
 
 __all__ = ["MODES", "BACKENDS", "expand", "sweep", "train_group", "parse_grid"]
@@ -183,9 +184,7 @@ def sweep(preset_or_config, grid=None, seeds=None, *, overrides=None, steps: int
             raise VaelabError(f"{key} is both in --grid and in {given[key]}: give its values in one place "
                               f"(the --grid values, or a single value with {given[key]})")
     cfgs, labels, out_dir = expand(preset_or_config, grid, seeds, over, out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise VaelabError(f"--out {out_dir} is a file: a sweep writes a folder of runs there (pick a folder "
-                          f"path)")
+    require_folder(out_dir, "--out", "the sweep's runs")
     if resume:  # each run continues from its own saved config; only explicit overrides change it
         from ..config import read_toml
 

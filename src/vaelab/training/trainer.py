@@ -20,6 +20,7 @@ import torch
 from ..config import Config, resolve
 from ..data.views import show, torch_generator
 from ..errors import VaelabError
+from ..paths import require_folder
 from . import checkpoint, distributed
 from .logger import RunLogger
 from .sampler import BatchSampler
@@ -101,8 +102,7 @@ class Trainer:
         self._own_group = distributed.setup(self.dist, self.device)
         tc = cfg.train
 
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise VaelabError(f"--out {self.run_dir} is a file, not a folder: choose a folder for the run")
+        require_folder(self.run_dir, "--out", "the run")
         # ---- resume: `cfg` is the run's saved config plus the caller's explicit overrides (see train())
         ck_state = None
         if resume:

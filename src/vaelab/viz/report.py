@@ -154,9 +154,11 @@ def score_rows(data: dict) -> list[tuple[str, str, float, bool]]:
     return rows
 
 
-def scores(run_dir: Path) -> dict[str, float]:
-    """The score of each metric in ``eval.json`` (its first headline value, e.g. ``mig.score``), or {}."""
-    data = read_json(Path(run_dir) / "eval.json")
+def scores(run_dir: Path, data=None) -> dict[str, float]:
+    """The score of each metric in ``eval.json`` (its first headline value, e.g. ``mig.score``), or {}
+    (``data``: that file's contents when the caller has read it already)."""
+    if data is None:
+        data = read_json(Path(run_dir) / "eval.json")
     if not isinstance(data, dict):
         return {}
     out = {}
@@ -188,6 +190,7 @@ def run_facts(run_dir) -> dict:
     rows = read_metrics(run_dir)
     cks = checkpoint.list_checkpoints(run_dir)
     steps = [r["step"] for r in rows if isinstance(r.get("step"), int)]
+    ev = read_json(run_dir / "eval.json")
     return {
         "name": run_dir.name, "path": run_dir, "preset": cfg.get("name", ""),
         "objective": model.get("objective", "?"), "net": model.get("net", ""),
@@ -200,8 +203,8 @@ def run_facts(run_dir) -> dict:
         "planned_steps": cfg.get("train", {}).get("steps"),
         "terms": last_terms([r for r in rows if not any(k.startswith("val.") for k in r)]),
         "val_terms": last_terms([r for r in rows if any(k.startswith("val.") for k in r)]),
-        "scores": scores(run_dir),
-        "scored_step": (lambda d: d.get("step") if isinstance(d, dict) else None)(read_json(run_dir / "eval.json")),
+        "scores": scores(run_dir, ev),
+        "scored_step": ev.get("step") if isinstance(ev, dict) else None,
     }
 
 
