@@ -79,6 +79,8 @@ def test_cli_presets_lists_every_preset_and_shows_one_with_its_chain(capsys):
 
     assert main(["presets"]) == 0
     lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["preset", "objective/net", "dataset", "source"]  # a header names the columns
+    lines = lines[1:]
     assert [ln.split()[0] for ln in lines] == preset_names()
     assert any(ln.startswith("factorvae-dsprites-g6.4 ") and "1Konny/FactorVAE" in ln for ln in lines)
 

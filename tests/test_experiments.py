@@ -78,7 +78,7 @@ def _train(out: Path, preset: str, root: Path, *extra: str, steps: int = 30):
 
 @pytest.fixture(scope="module")
 def mnist_root(shared_data):
-    """The real MNIST test set (../shared/data/mnist); skips the test when absent."""
+    """The real MNIST test set (conftest's shared_data finds it); skips the test when absent."""
     root = shared_data / "mnist"
     if not (root / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"MNIST test set not found in {root}")

@@ -1,13 +1,11 @@
 """dsprites-procedural: index order, agreement with real dSprites, geometry, cache, errors.
 
-Never renders the whole grid (the cache test shrinks it). Real images come from
-``../shared/data`` (or ``$VAELAB_TEST_DATA``); tests that need them skip when it is missing.
+Never renders the whole grid (the cache test shrinks it). Real images come from the dSprites subset
+that conftest's ``subset_npz`` finds ($VAELAB_TEST_DATA, ../shared/data, else the copy in tests/data).
 """
 from __future__ import annotations
 
-import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,16 +15,11 @@ import vaelab.data
 from vaelab.data import procedural as P
 from vaelab.errors import VaelabError
 
-DATA = Path(os.environ.get("VAELAB_TEST_DATA") or Path(__file__).parents[1].parent / "shared" / "data")
-NPZ = DATA / "dsprites" / "dsprites_downsampled.npz"
-
 
 @pytest.fixture(scope="module")
-def real():
+def real(subset_npz):
     """(imgs, official indices, latents_values) of the real dSprites subset (never `metadata`)."""
-    if not NPZ.is_file():
-        pytest.skip(f"real dSprites subset not found at {NPZ} (set VAELAB_TEST_DATA to the shared data folder)")
-    with np.load(NPZ, allow_pickle=False) as z:
+    with np.load(subset_npz, allow_pickle=False) as z:
         return z["imgs"], z["original_dataset_indices"].astype(np.int64), z["latents_values"]
 
 
@@ -184,7 +177,9 @@ def test_cache_written_once_and_memory_mapped(small_grid, monkeypatch):
         warnings.simplefilter("error")  # torch.from_numpy on the copy-on-write map must not warn
         ds = vaelab.data.load("dsprites-procedural", split="all", quiet=True)
     assert small_grid.is_file()
-    assert [p.name for p in small_grid.parent.iterdir()] == [small_grid.name]  # no temp file left
+    # no temp file left: the cache, its record (size, digest) and the builders' lock file
+    assert sorted(p.name for p in small_grid.parent.iterdir()) == [
+        "dsprites-procedural-v1.json", "dsprites-procedural-v1.lock", small_grid.name]
     assert ds.images.shape == (2048, 1, 64, 64) and ds.images.dtype == torch.uint8
     assert ds.is_grid and ds.factor_sizes == [3, 6, 40, 32, 32] and ds.name == "dsprites-procedural"
     assert ds.factors.dtype == torch.int64 and ds.factors[1500].tolist() == P.factors_of([1500])[0].tolist()
@@ -204,14 +199,18 @@ def test_cache_written_once_and_memory_mapped(small_grid, monkeypatch):
 def test_corrupt_cache_is_rendered_again(small_grid):
     small_grid.parent.mkdir(parents=True)
     small_grid.write_bytes(b"\x93NUMPY garbage")
-    ds = vaelab.data.load("dsprites-procedural", quiet=True)
+    from vaelab.data.prepare import DataWarning
+
+    with pytest.warns(DataWarning, match="damaged"):
+        ds = vaelab.data.load("dsprites-procedural", quiet=True)
     assert np.array_equal(ds.images[:, 0].numpy(), P.render(np.arange(2048)))
     # a cache whose pixels differ from what this renderer draws is replaced too
     arr = np.load(small_grid, mmap_mode="r+")
     arr[1500] = 0
     arr.flush()
     del arr
-    ds = vaelab.data.load("dsprites-procedural", quiet=True)
+    with pytest.warns(DataWarning, match="damaged"):
+        ds = vaelab.data.load("dsprites-procedural", quiet=True)
     assert np.array_equal(ds.images[1500, 0].numpy(), P.render([1500])[0])
 
 
@@ -224,3 +223,84 @@ def test_force_renders_again(small_grid, monkeypatch):
     assert calls == []
     ds = vaelab.data.load("dsprites-procedural", quiet=True, force=True)
     assert calls == [1] and len(ds) == 2048
+
+
+# ------------------------------------------------------------------ damage and what dead renders leave
+def _zero(path, first, count):
+    arr = np.load(path, mmap_mode="r+")
+    arr[first:first + count] = 0
+    arr.flush()
+    del arr
+
+
+def test_zeroed_stretch_is_detected_and_rendered_again(small_grid):
+    """A blank stretch that the 3 spot-checked images miss (the 25,600 blank images of a zeroed 100 MB,
+    scaled down) fails the digest in the sidecar: warned about, rendered again."""
+    from vaelab.data.prepare import DataWarning
+
+    vaelab.data.load("dsprites-procedural", quiet=True)
+    _zero(small_grid, 100, 1000)
+    assert not np.isin(P._CHECK, np.arange(100, 1100)).any()
+    with pytest.warns(DataWarning, match="damaged .*checksum of sampled blocks.*rendering it again"):
+        ds = vaelab.data.load("dsprites-procedural", quiet=True)
+    assert np.array_equal(ds.images[100:1100, 0].numpy(), P.render(np.arange(100, 1100)))
+    assert P._open_cache(small_grid) is not None
+
+
+def test_sampled_blocks_catch_a_stretch_in_a_large_file(small_grid, monkeypatch):
+    """Above 512 blocks' worth, only evenly spread blocks are hashed; a stretch longer than their
+    spacing is always caught, and a cut-short file fails on its size."""
+    monkeypatch.setattr(P, "_SAMPLE_BLOCKS", 64)
+    monkeypatch.setattr(P, "_SAMPLE_BYTES", 4096)
+    P.grid_images(quiet=True)
+    meta = __import__("json").loads(P.sidecar_path(small_grid).read_text())
+    assert meta["blocks"] == 64 and meta["block_bytes"] == 4096 and meta["bytes"] == small_grid.stat().st_size
+    spacing = meta["bytes"] / 64 / (64 * 64)  # in images
+    _zero(small_grid, 700, int(spacing) + 2)
+    assert P._check_cache(small_grid)[0] is None
+    P._write_cache(small_grid)
+    assert P._check_cache(small_grid)[1] is None
+    with open(small_grid, "r+b") as f:
+        f.truncate(meta["bytes"] - 4096)
+    assert "bytes, not" in P._check_cache(small_grid)[1]
+    P._write_cache(small_grid)
+    P.sidecar_path(small_grid).unlink()  # no record: cannot be trusted
+    assert "missing" in P._check_cache(small_grid)[1]
+
+
+def test_stale_temporaries_of_dead_renders_are_removed(small_grid, tmp_path):
+    """A render killed half-way leaves <cache>.<pid>.<token>.tmp: the next open removes it when its writer
+    is gone and no builder holds the lock; a live builder's file is kept."""
+    import os
+    import subprocess
+    import sys
+
+    small_grid.parent.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = small_grid.with_name(f"{small_grid.name}.{dead}.0badc0de.tmp")
+    old_version = small_grid.with_name(f"dsprites-procedural-v0.npy.{dead}.0badc0de.tmp")
+    for f in (stale, old_version):
+        f.write_bytes(b"\0" * 4096)
+    ds = vaelab.data.load("dsprites-procedural", quiet=True)
+    assert len(ds) == 2048 and not stale.exists() and not old_version.exists()
+
+    # a builder that is still running (holds the lock) keeps its temporary
+    live = small_grid.with_name(f"{small_grid.name}.{dead}.1234abcd.tmp")
+    live.write_bytes(b"\0" * 4096)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a+b'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "print('locked', flush=True); time.sleep(60)"), str(P._lock_path(small_grid))],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert P.remove_stale_temporaries(small_grid) == [] and live.exists()
+        assert vaelab.data.load("dsprites-procedural", quiet=True) is not None and live.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert P.remove_stale_temporaries(small_grid) == [live] and not live.exists()
+    # a temporary whose writer is alive (an older vaelab without the lock) is kept too
+    mine = small_grid.with_name(f"{small_grid.name}.{os.getppid()}.5678abcd.tmp")
+    mine.write_bytes(b"")
+    assert P.remove_stale_temporaries(small_grid) == [] and mine.exists()

@@ -87,15 +87,15 @@ def test_checkpoint_save_load_keep_and_corruption(tmp_path):
 
 
 def test_a_kill_while_old_checkpoints_are_deleted_leaves_only_complete_ones(tmp_path, monkeypatch):
-    """rmtree removes file by file; dying half-way must not leave a step-* folder without tensors."""
+    """Deleting removes file by file; dying half-way must not leave a step-* folder without tensors."""
     for step in (1, 2):
         checkpoint.save(tmp_path, step, {"w": torch.zeros(2)}, {"step": step}, keep=2)
 
-    def dies_half_way(path, ignore_errors=False):
+    def dies_half_way(path):
         os.remove(Path(path) / "tensors.safetensors")
         raise KeyboardInterrupt  # stands in for SIGKILL between two unlinks
 
-    monkeypatch.setattr(checkpoint.shutil, "rmtree", dies_half_way)
+    monkeypatch.setattr(checkpoint, "_remove_own", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
         checkpoint.save(tmp_path, 3, {"w": torch.zeros(2)}, {"step": 3}, keep=2)
     monkeypatch.undo()

@@ -25,11 +25,11 @@ def test_summarize_means_over_seeds_by_hand():
     mig1 = rows[0]["scores"]["mig.score"]
     assert mig1["mean"] == pytest.approx(0.3) and mig1["n"] == 2
     assert mig1["std"] == pytest.approx(math.sqrt(((0.2 - 0.3) ** 2 + (0.4 - 0.3) ** 2) / 1))  # sample std
-    assert rows[1]["scores"]["mig.score"] == {"mean": 0.9, "std": 0.0, "n": 1}
+    assert rows[1]["scores"]["mig.score"] == {"mean": 0.9, "std": None, "n": 1}  # one value: no spread
     assert rows[1]["scores"]["sap.score"]["mean"] == 0.05 and "sap.score" not in rows[0]["scores"]
     table = format_study(rows).splitlines()
     assert table[0].split() == ["beta", "runs", "mig", "sap"]
-    assert "0.300±0.141" in table[2] and "0.900±0.000 (n=1)" in table[3] and table[2].rstrip().endswith("-")
+    assert "0.300±0.141" in table[2] and "0.900 (n=1)" in table[3] and table[2].rstrip().endswith("-")
 
 
 def _fake_sweep(root, names=("t-0", "t-1")):
@@ -131,3 +131,9 @@ def test_report_of_a_sweep_shows_the_study(sweep_dir, capsys, monkeypatch):
     assert f"{first['mean']:.4f}"[:5] in html
     for k in range(4):
         assert (sw / f"quickstart-{k}" / "report.html").is_file()
+    capsys.readouterr()
+    assert main(["report", str(sw)]) == 0  # not quiet: every page it wrote, the comparison last
+    lines = capsys.readouterr().out.splitlines()
+    for k in range(4):
+        assert str((sw / f"quickstart-{k}" / "report.html").resolve()) in lines, lines
+    assert lines[-1] == str((sw / "comparison.html").resolve()), lines

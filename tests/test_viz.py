@@ -79,9 +79,15 @@ def test_reconstruct_cli(viz_run, tmp_path):
     assert main(["reconstruct", str(viz_run), "--n", "10", "--out", str(tmp_path)]) == 0
     (png,) = tmp_path.glob("reconstruct_step*.png")
     a = _png(png)
-    # 10 images, 8 per row: 2 row pairs (originals over reconstructions) of 64 x 64 cells, 2 px apart
-    assert a.shape == (4 * 66 + 2, 8 * 66 + 2, 3)
-    assert a[2:66, 2:66].std() > 0  # a dSprites shape, not a blank cell
+    # 10 images, 8 per row: 2 row pairs (originals over reconstructions) of 64 x 64 cells, 2 px apart,
+    # after a left margin that labels the rows (data / recon)
+    from vaelab.viz.common import text_width
+    from vaelab.viz.recon import ROW_LABELS
+
+    left = max(text_width(t) for t in ROW_LABELS) + 6
+    assert a.shape == (4 * 66 + 2, left + 8 * 66 + 2, 3)
+    assert a[2:66, left + 2:left + 66].std() > 0  # a dSprites shape, not a blank cell
+    assert (a[:, :left] < 128).any()  # the labels' ink
 
 
 def test_traverse_cli_defaults_gif(viz_run, tmp_path):
@@ -134,6 +140,7 @@ def test_report_cli(viz_report, tmp_path):
     assert "http://" not in text and "https://" not in text  # self-contained
     for anchor in ("id=config", "id=curves", "id=recon", "id=traversals", "id=samples", "id=kl"):
         assert anchor in text
+    assert f"<code>vaelab explore {viz_report.parent.resolve()}</code>" in text  # how to explore it live
     images = viz_report.parent / "images"
     assert len(list(images.glob("pictures_step*.json"))) == 1
     out = tmp_path / "r.html"  # a second report reuses the pictures and may go elsewhere
@@ -209,7 +216,7 @@ def test_training_images_fast_and_rng_free(loaded):
     assert set(out) == {"reconstruction", "traversal"}
     for a in out.values():
         assert a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3
-    assert out["reconstruction"].shape == (2 * 66 + 2, 8 * 66 + 2, 3)
+    assert out["reconstruction"].shape[0] == 2 * 66 + 2 and out["reconstruction"].shape[1] > 8 * 66 + 2  # + labels
     assert dt < 1.5, f"training_images took {dt:.2f} s (target < 0.5 s on an idle CPU)"
 
 

@@ -23,4 +23,12 @@ def __getattr__(name):  # lazy: `import vaelab` stays cheap for the CLI
         from .metrics.study import evaluate_runs
 
         return evaluate_runs
+    if name == "import_run":  # another library's saved model as a run folder (vaelab.importers)
+        from .importers import import_run
+
+        return import_run
+    if name == "explore":  # the subpackage (vaelab.explore.serve), imported on first use
+        import importlib
+
+        return importlib.import_module(".explore", __name__)
     raise AttributeError(f"module 'vaelab' has no attribute {name!r}")

@@ -72,6 +72,8 @@ class RaySession:
                 for ref in pending:  # the map ends here: do not leave the others running
                     ray.cancel(ref, force=True)
                 cause = getattr(e, "cause", None)
-                msg = str(cause) if isinstance(cause, VaelabError) else f"{type(cause or e).__name__}: {cause or e}"
+                if isinstance(cause, VaelabError):  # its own line, in both wordings (API and command line)
+                    raise cause.prefixed(f"a {what} failed on Ray: ") from None
+                msg = f"{type(cause or e).__name__}: {cause or e}"
                 raise VaelabError(f"a {what} failed on Ray: {msg.strip().splitlines()[0]}") from None
             yield refs[ready[0]], value

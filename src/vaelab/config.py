@@ -75,6 +75,13 @@ class OptimConfig:
             raise VaelabError(f"optim.{group}.lr must be a positive number, got {self.lr}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise VaelabError(f"optim.{group}.betas must be two numbers in [0, 1), got {self.betas}")
+        if not (self.eps > 0 and math.isfinite(self.eps)):
+            raise VaelabError(f"optim.{group}.eps must be a positive number, got {self.eps}")
+        for key in ("weight_decay", "min_lr"):
+            if not (getattr(self, key) >= 0 and math.isfinite(getattr(self, key))):
+                raise VaelabError(f"optim.{group}.{key} must be a number >= 0, got {getattr(self, key)}")
+        if not (self.decay > 0 and math.isfinite(self.decay)):
+            raise VaelabError(f"optim.{group}.decay must be a positive number, got {self.decay}")
         if self.schedule in ("exponential",) and self.decay_every <= 0:
             raise VaelabError(f"optim.{group}.decay_every must be > 0 for the {self.schedule} schedule")
         if self.schedule == "step" and self.decay_every <= 0 and not self.milestones:
@@ -125,6 +132,8 @@ class TrainConfig:
             raise VaelabError(f"train.seed must be a non-negative integer, got {self.seed}")
         if not self.epochs >= 0:
             raise VaelabError(f"train.epochs must be >= 0, got {self.epochs}")
+        if not math.isfinite(self.epochs):
+            raise VaelabError(f"train.epochs must be a finite number, got {self.epochs}")
         if self.steps == 0 and self.epochs == 0:
             raise VaelabError("nothing to train: train.steps and train.epochs are both 0 (give --steps N)")
         if self.fast not in ("off", "compile", "cuda-graph", "auto"):
@@ -138,6 +147,9 @@ class Config:
     name: str = "run"
     description: str = ""
     source: str = ""  # where the recipe comes from (paper, repository, script)
+    # modules or .py files that register objectives, metrics, nets, datasets (vaelab.plugins): loaded by
+    # validate(), recorded in the run's config.toml so every later command on the run loads them again
+    plugins: list = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
     model: dict = field(default_factory=lambda: {"objective": "betavae"})
     optim: dict = field(default_factory=lambda: {"vae": OptimConfig()})
@@ -145,18 +157,25 @@ class Config:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> "Config":
+        for key, value in flatten(self.to_dict()).items():  # it is saved as UTF-8 TOML and JSON
+            for text in (value if isinstance(value, list) else [value]):
+                if isinstance(text, str) and not _utf8(text):
+                    shown = text.encode("utf-8", "backslashreplace").decode()
+                    raise VaelabError(f"{key} {shown!r} is not valid UTF-8 text (a file name in another "
+                                      f"encoding?): choose a name in UTF-8")
         self.data.validate()
         self.train.validate()
         for group, oc in self.optim.items():
             oc.validate(group)
         if not isinstance(self.model, dict) or "objective" not in self.model:
             raise VaelabError("the [model] table needs an `objective` key")
-        from .models import model_defaults
+        from . import plugins
+        from .models import model_defaults, resolve_aliases
 
+        # before any name is looked up; plugins given on the command line are recorded too
+        self.plugins = plugins.load(list(self.plugins) + plugins.command_line())
         defaults = model_defaults(self.model["objective"])  # raises for unknown objectives
-        if self.model["objective"] == "ugvae" and "dim_z" in self.model:  # UG-VAE's name for latent_dim
-            self.model = dict(self.model)
-            self.model["latent_dim"] = self.model.pop("dim_z")
+        self.model = resolve_aliases(self.model)  # e.g. UG-VAE's dim_z -> latent_dim
 
         unknown = [k for k in self.model if k not in defaults]
         if unknown:
@@ -168,6 +187,8 @@ class Config:
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
+        if not d["plugins"]:  # configs without plugins read as they always have
+            del d["plugins"]
         return d
 
     @classmethod
@@ -186,11 +207,23 @@ class Config:
             raise VaelabError("[optim] must hold one table per parameter group, e.g. [optim.vae]")
         optim = {g: _build(OptimConfig, v, f"optim.{g}") for g, v in optim_d.items()}
         model = dict(d.get("model", {"objective": "betavae"}))
+        plugins = d.get("plugins", [])
+        if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+            raise VaelabError(f"plugins must be a list of module names or .py files, got {plugins!r}")
         return cls(name=d.get("name", "run"), description=d.get("description", ""),
-                   source=d.get("source", ""), data=data, model=model, optim=optim, train=train)
+                   source=d.get("source", ""), plugins=list(plugins), data=data, model=model, optim=optim,
+                   train=train)
 
     def to_toml(self) -> str:
         return dumps_toml(self.to_dict())
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _build(cls, values: dict, where: str):
@@ -234,6 +267,15 @@ def read_toml(path: Path) -> dict:
         raise VaelabError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as e:
         raise VaelabError(f"{path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise VaelabError(f"{path} is not valid TOML: byte 0x{e.object[e.start]:02x} at offset {e.start} is "
+                          f"not UTF-8 text") from None
+    except OSError as e:
+        raise VaelabError(f"cannot read {path}: {e.strerror}") from None
+    if isinstance(d.get("plugins"), list):  # plugin files relative to the TOML file
+        from .plugins import canonical
+
+        d["plugins"] = [canonical(s, base=Path(path).parent) if isinstance(s, str) else s for s in d["plugins"]]
     parent = d.get("extends")
     if parent:  # a preset may extend another (same folder, or a named preset)
         base_path = path.parent / f"{parent}.toml"

@@ -27,6 +27,7 @@ __all__ = [
     "UGVAE_NETS",
     "build_net",
     "canonical_net",
+    "register_net",
     "disc_mlp",
     "count_parameters",
 ]
@@ -125,6 +126,48 @@ def burgess64(image_shape, latent_dim: int):
     # 1Konny kaiming_init touches Linear and Conv2d only; ConvTranspose2d keeps PyTorch's default.
     _init(enc, "kaiming", (nn.Linear, nn.Conv2d))
     _init(dec, "kaiming", (nn.Linear, nn.Conv2d))
+    return enc, dec
+
+
+def burgess32(image_shape, latent_dim: int):
+    """YannDubs/disentangling-vae's Burgess net on 32×32 images (``disvae/models/encoders.py``
+    EncoderBurgess, ``decoders.py`` DecoderBurgess with img_size C×32×32: its MNIST and Fashion-MNIST).
+    The 64×64 net without its fourth convolution and first transposed convolution. 469,173 params at C1 D10.
+
+    * Encoder: 3 × [Conv(→32,4,2,1) ReLU] (32×4×4) → flatten 512 → Lin(512→256) ReLU → Lin(256→256) ReLU →
+      Lin(256→2D).
+    * Decoder: Lin(D→256) ReLU → Lin(256→256) ReLU → Lin(256→512) ReLU → 32×4×4 → 2 × [ConvT(32→32,4,2,1)
+      ReLU] → ConvT(32→C,4,2,1) → ``o`` (disvae applies the sigmoid inside the decoder; here it is the
+      likelihood's mean).
+
+    disvae's encoder head emits μ and ln σ² interleaved (``view(-1, D, 2).unbind(-1)``); this net emits
+    μ then ln σ² (the order of every vaelab net): ``vaelab import disentangling-vae`` reorders the rows of
+    the last layer, which gives the same function. Init: disvae ``weights_init``, Kaiming-uniform (ReLU
+    gain) on every conv, transposed conv and dense weight, PyTorch's default biases.
+    """
+    c, _, _ = _check_shape("burgess32", image_shape, (32,), "resize the data to 32×32 (data size 32) or use burgess64")
+    d = latent_dim
+    enc = nn.Sequential(
+        nn.Conv2d(c, 32, 4, 2, 1), nn.ReLU(),
+        nn.Conv2d(32, 32, 4, 2, 1), nn.ReLU(),
+        nn.Conv2d(32, 32, 4, 2, 1), nn.ReLU(),  # 32×4×4
+        nn.Flatten(),
+        nn.Linear(512, 256), nn.ReLU(),
+        nn.Linear(256, 256), nn.ReLU(),
+        nn.Linear(256, 2 * d),
+    )
+    dec = nn.Sequential(
+        nn.Linear(d, 256), nn.ReLU(),
+        nn.Linear(256, 256), nn.ReLU(),
+        nn.Linear(256, 512), nn.ReLU(),
+        _View(32, 4, 4),
+        nn.ConvTranspose2d(32, 32, 4, 2, 1), nn.ReLU(),
+        nn.ConvTranspose2d(32, 32, 4, 2, 1), nn.ReLU(),
+        nn.ConvTranspose2d(32, c, 4, 2, 1),
+    )
+    for m in list(enc.modules()) + list(dec.modules()):  # disvae/utils/initialization.py weights_init
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
     return enc, dec
 
 
@@ -508,6 +551,7 @@ def antixk64(image_shape, latent_dim: int):
 
 NETS: dict[str, Callable] = {
     "burgess64": burgess64,
+    "burgess32": burgess32,
     "burgess64_keras": burgess64_keras,
     "fvae64": fvae64,
     "betavae_h": betavae_h,
@@ -530,9 +574,30 @@ NET_ALIASES: dict[str, str] = {
 }
 
 
+def register_net(name: str, builder: Callable | None = None, *, aliases=()):
+    """Add net ``name``: ``builder(image_shape, latent_dim, **options) -> (encoder, decoder)`` as the
+    entries of :data:`NETS` (the encoder returns B×2D, μ then ln σ²; the decoder B×C×H×W logits); its
+    keyword parameters after the first two are the net's ``net_options``. Also a decorator:
+    ``@register_net("mine")``. A name taken by another builder is an error."""
+    from .plugins import claim
+
+    if builder is None:
+        return lambda fn: register_net(name, fn, aliases=aliases)
+    if not callable(builder):
+        raise VaelabError(f"register_net({name!r}, ...) takes a builder function, got {builder!r}")
+    claim(NETS, "net", str(name), builder)
+    for alias in (aliases,) if isinstance(aliases, str) else aliases:
+        claim(NET_ALIASES, "net alias", str(alias), str(name), origin=lambda target: f"net {target!r}")
+    return builder
+
+
 def canonical_net(name: str) -> str:
     """Resolve aliases; unknown name -> VaelabError listing the nets."""
     name = str(name)
+    if name not in NETS and name not in NET_ALIASES:
+        from .plugins import load_entry_points
+
+        load_entry_points()  # a net of an installed plugin
     if name in NETS:
         return name
     if name in NET_ALIASES:

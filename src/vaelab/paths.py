@@ -11,14 +11,16 @@ from pathlib import Path
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "vaelab" / "data"
 
 
-def require_folder(path: str | os.PathLike, option: str, holds: str) -> Path:
+def require_folder(path: str | os.PathLike, option: str | tuple[str, str], holds: str) -> Path:
     """``path`` as a Path, unless something other than a folder is there: then one clear error naming
-    the ``option`` the user gave it with and what the folder would hold."""
-    from .errors import VaelabError
+    the ``option`` the user gave it with (``(python argument, --flag)`` when the API and the command
+    line name it differently) and what the folder would hold."""
+    from .errors import naming
 
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
-        raise VaelabError(f"{option} {path} is a file, not a folder: choose a folder for {holds}")
+        raise naming("{option} {path} is a file, not a folder: choose a folder for {holds}", option=option,
+                     path=str(path), holds=holds)
     return p
 
 

@@ -14,7 +14,7 @@ import warnings
 from ..errors import VaelabError
 
 # subcommand modules, in the order `vaelab --help` lists them
-_COMMAND_MODULES = ("train", "evaluate", "encode", "viz", "experiment", "sweep", "data")
+_COMMAND_MODULES = ("train", "evaluate", "encode", "viz", "explore", "experiment", "sweep", "study", "data", "imports")
 
 
 def seed(text: str) -> int:
@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vaelab", description="Train, inspect and score disentangled VAEs.")
     parser.add_argument("--version", action="version", version=f"vaelab {__version__}")
     parser.add_argument("--data-dir", help="data directory (default: $VAELAB_DATA or ~/.cache/vaelab/data)")
+    parser.add_argument("--plugin", dest="plugins_before", action="append", default=[], metavar=_PLUGIN_METAVAR,
+                        help=_PLUGIN_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in _COMMAND_MODULES:
         try:
@@ -49,7 +51,33 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # not built yet
             raise
         mod.register(sub)
+    _add_plugin_option(sub)
     return parser
+
+
+_PLUGIN_METAVAR = "FILE.py|MODULE"
+_PLUGIN_HELP = ("import a plugin that registers objectives, metrics, nets or datasets (repeatable; the runs "
+                "trained by this command record it in their config.toml)")
+
+
+def _add_plugin_option(subparsers) -> None:
+    """--plugin on every subcommand (and theirs): a global option, given before or after the subcommand."""
+    for p in set(subparsers.choices.values()):
+        p.add_argument("--plugin", dest="plugins_after", action="append", default=argparse.SUPPRESS,
+                       metavar=_PLUGIN_METAVAR, help=_PLUGIN_HELP)
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_plugin_option(action)
+
+
+def _run_plugins(args) -> None:
+    """Load the plugins recorded by the runs the command reads (its RUN / SWEEP arguments)."""
+    from .. import plugins
+
+    for key in ("run", "runs"):
+        value = getattr(args, key, None)
+        if isinstance(value, (str, list)) and value:
+            plugins.load_for_runs(value)
 
 
 class _one_line_warnings(warnings.catch_warnings):
@@ -81,10 +109,14 @@ def main(argv=None) -> int:
             from ..paths import require_folder, set_data_dir
 
             set_data_dir(require_folder(args.data_dir, "--data-dir", "the data"))
-        with _one_line_warnings():
+        from .. import plugins
+
+        given = list(args.plugins_before) + list(getattr(args, "plugins_after", None) or [])
+        with plugins.from_command_line(given), _one_line_warnings():  # recorded in the runs it trains
+            _run_plugins(args)
             rc = args.func(args)
     except VaelabError as e:
-        sys.stderr.write(f"vaelab: error: {e}\n")
+        sys.stderr.write(f"vaelab: error: {e.for_cli()}\n")  # the message in the command's words (--flags)
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("vaelab: interrupted\n")

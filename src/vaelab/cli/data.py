@@ -123,6 +123,9 @@ def _load_args(p, root: bool = True) -> None:
                    help="dsprites-scream: the image of The Scream (default: scream/scream.jpg in the data directory)")
     p.add_argument("--root-a", default=None, help="mixtures: data of the first domain")
     p.add_argument("--root-b", default=None, help="mixtures: data of the second domain")
+    p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="any option of the dataset's loader, as data.options in a config (repeatable; value in "
+                        "TOML, strings may be bare); the flags above are shorthands for some")
     _quiet(p)
 
 
@@ -156,7 +159,32 @@ def _options(args, loader) -> dict:
     for k in given:
         if k not in params:
             raise VaelabError(f"dataset {args.name!r} does not take --{k.replace('_', '-')}")
-    return given
+    generic = _generic_options(args, loader)
+    for k, v in generic.items():
+        if k in given and given[k] != v:
+            raise VaelabError(f"--option {k}={v!r} and --{k.replace('_', '-')} {given[k]!r} disagree; give one")
+    return {**given, **generic}
+
+
+def _generic_options(args, loader) -> dict:
+    """``--option KEY=VALUE`` items, checked against the options the loader takes."""
+    from ..config import parse_override
+    from ..data import loader_options
+    from ..errors import closest
+
+    out = {}
+    valid = loader_options(loader)
+    for item in getattr(args, "options", None) or []:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise VaelabError(f"--option {item!r}: expected KEY=VALUE, e.g. --option preprocess=center_crop_148")
+        (key, *rest), value = parse_override(item)
+        if rest:
+            raise VaelabError(f"--option {item!r}: KEY is one option name, without dots")
+        if valid is not None and key not in valid:
+            raise VaelabError(f"dataset {args.name!r} does not take option {key!r}{closest(key, valid)}; "
+                              f"valid: {', '.join(valid) if valid else '(none)'}")
+        out[key] = value
+    return out
 
 
 def _load(args, root):

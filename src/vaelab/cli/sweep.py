@@ -30,7 +30,9 @@ def register(sub):
                    help="Ray: runs per task (default 1 for sequential, 16 for vmap on a GPU)")
     p.add_argument("--gpus-per-task", type=float, metavar="G",
                    help="Ray: GPUs each task holds (default 1 where the cluster has GPUs, else 0; 0.25 shares one)")
-    p.add_argument("--resume", action="store_true", help="continue the sweep's runs from their checkpoints")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a stopped sweep (run the same command with --resume): trained runs are kept, "
+                        "a stopped run continues from its newest checkpoint, the rest start")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     p.set_defaults(func=run_sweep)
 

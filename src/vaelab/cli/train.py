@@ -18,6 +18,9 @@ def register(sub):
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", help="run folder (default: runs/<preset name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in the run folder")
+    p.add_argument("--step", type=int, metavar="S",
+                   help="with --resume: continue from the checkpoint at step S instead of the newest (e.g. the "
+                        "last finite one after a divergence); newer checkpoints are set aside, not deleted")
     p.add_argument("--checkpoint-every", type=int, metavar="N")
     p.add_argument("--folds", type=int, metavar="K", help="k-fold cross-validation: K models")
     p.add_argument("--fast", choices=["off", "compile", "cuda-graph", "auto"],
@@ -41,7 +44,7 @@ def run_train(args):
               "checkpoint_every": args.checkpoint_every, "folds": args.folds, "fast": args.fast,
               "bf16": args.bf16}
     result = train(args.preset, overrides=args.overrides, resume=args.resume, quiet=args.quiet,
-                   run_dir=args.out, **kwargs)
+                   run_dir=args.out, resume_step=args.step, **kwargs)
     from ..training.distributed import from_env
 
     if not args.quiet and not isinstance(result, dict) and from_env().main:
@@ -74,6 +77,7 @@ def run_presets(args):
         m = d.get("model", {})
         rows.append((name, f"{m.get('objective', '?')}/{m.get('net', '?')}", d.get("data", {}).get("name", "?"),
                      d.get("source", "")))
+    rows.insert(0, ("preset", "objective/net", "dataset", "source"))
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
         print(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}")

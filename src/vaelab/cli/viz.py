@@ -58,8 +58,9 @@ def register(sub):
                        description="Write RUN/report.html (curves, reconstructions, traversals, samples, KL, scores, "
                                    "experiments), rendering missing pictures. Several runs: also one comparison "
                                    "page (default: their common parent/comparison.html). A sweep folder: its runs, and "
-                                   "SWEEP/comparison.html with the study table of `vaelab evaluate SWEEP` on top.")
-    p.add_argument("runs", metavar="RUN|SWEEP", nargs="+", help="run folder(s) or a sweep folder")
+                                   "SWEEP/comparison.html with the study table of `vaelab evaluate SWEEP` on top. A "
+                                   "study folder (`vaelab study`): STUDY/report.html and STUDY/figures/*.png.")
+    p.add_argument("runs", metavar="RUN|SWEEP|STUDY", nargs="+", help="run folder(s), a sweep or a study folder")
     p.add_argument("--out", help="HTML file to write (one run: instead of RUN/report.html; several: the "
                                  "comparison page)")
     p.add_argument("--step", type=int, help="use the checkpoint of this step (default: the newest)")
@@ -109,11 +110,13 @@ def run_sample(args):
     from ..viz.sample import DEFAULT_N, PER_COMPONENT, write_samples
 
     run = _open(args)
-    if args.n is not None and run.config["model"]["objective"] == "ugvae":
-        raise VaelabError("a UG-VAE run samples one row per mixture component: give --per-component N, not --n")
-    if args.per_component is not None and run.config["model"]["objective"] != "ugvae":
-        raise VaelabError(f"--per-component is for UG-VAE runs (one row per mixture component); {run.path} is a "
-                          f"{run.config['model']['objective']} run: use --n")
+    objective = run.config["model"]["objective"]
+    if args.n is not None and run.model.mixture_prior:
+        raise VaelabError(f"a {objective} run samples one row per mixture component: give --per-component N, "
+                          f"not --n")
+    if args.per_component is not None and not run.model.mixture_prior:
+        raise VaelabError(f"--per-component is for UG-VAE runs and others with a mixture prior (one row per "
+                          f"component); {run.path} is a {objective} run: use --n")
     return _done([write_samples(run, args.out, n=DEFAULT_N if args.n is None else args.n, seed=args.seed,
                                 per_component=PER_COMPONENT if args.per_component is None else args.per_component)])
 

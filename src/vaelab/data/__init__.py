@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from .base import FactorDataset
-from .registry import DatasetSpec, get, names, register
+from .registry import DatasetSpec, get, names, register, register_dataset
 
 
 def load(name: str, *, root: str | os.PathLike | None = None, split: str = "train",
@@ -44,4 +44,4 @@ def loader_options(loader) -> list[str] | None:
     return [k for k, p in params.items() if p.kind == p.KEYWORD_ONLY and not k.startswith("_")]
 
 
-__all__ = ["FactorDataset", "DatasetSpec", "load", "loader_options", "get", "names", "register"]
+__all__ = ["FactorDataset", "DatasetSpec", "load", "loader_options", "get", "names", "register", "register_dataset"]

@@ -524,6 +524,19 @@ def read_factor_csv(path: Path) -> tuple[list[str], dict[str, list[str]]]:
     return files, values
 
 
+def _require_finite(csv_path: Path, col: str, vals: list[str], files: list[str], rows) -> None:
+    """A numeric column (every value reads as a number) must hold finite numbers: a ``nan`` or ``inf``
+    would otherwise turn it into text categories, one per distinct value."""
+    try:
+        num = [float(vals[i]) for i in rows]
+    except ValueError:
+        return  # a text column
+    for i, v in zip(rows, num):
+        if not np.isfinite(v):
+            raise VaelabError(f"{csv_path}: factor {col!r} of {files[i]} is {vals[i]!r}, not a finite number; a "
+                              f"numeric factor needs a number on every row (fill it in, or drop the row)")
+
+
 def encode_factor(raw: list[str]):
     """Raw column -> (class indices, values per class, kind, extra). Discrete columns: classes from
     sorted unique values; numeric columns with > 20 distinct values: 20 equal-width bins."""
@@ -702,6 +715,7 @@ def load_image_folder(root: Path | None = None, split: str = "train", size: int 
         crops = Crops(rule, boxes, box_scale)
     for col in factor_columns:
         vals = raw[col]
+        _require_finite(csv_path, col, vals, files, row_idx)
         cls, values, kind, extra = encode_factor([vals[i] for i in row_idx])
         if len(values) < 2:
             dropped.append(col)

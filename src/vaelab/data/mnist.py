@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .. import paths
-from ..errors import VaelabError
+from ..errors import VaelabError, naming
 from .base import FactorDataset
 from .registry import DatasetSpec, missing_data, register
 
@@ -88,6 +88,14 @@ def read_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, Path]:
     img, lab = _find(folder, img_base), _find(folder, lab_base)
     if img is None or lab is None:
         missing = folder / ((img_base if img is None else lab_base) + ".gz")
+        here = [s for s in FILES if s != split and all(_find(folder, b) for b in FILES[s])]
+        if here:  # the other split's files are there (the test set alone is a common download)
+            other = here[0]
+            raise naming("mnist: {folder} holds the {other} split only (no {file}): pass {pass_split}, or get "
+                         "the {split} files with `vaelab data fetch mnist`", folder=str(folder), file=missing.name,
+                         other=other, split=split, pass_split=(
+                             f"split={other!r}",
+                             f"--split {other} (--set data.split={other} when training)"))
         raise missing_data("mnist", missing, "vaelab data fetch mnist")
     images = read_idx(img, IMAGES_MAGIC, 3)
     labels = read_idx(lab, LABELS_MAGIC, 1)

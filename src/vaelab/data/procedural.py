@@ -15,13 +15,19 @@ of ``dsprites_downsampled.npz`` (scripts/dsprites_iou.py measures the agreement:
 above 0.999 per shape).
 
 The full grid is rendered once (about 3 GB) into ``cache_dir()/dsprites-procedural-v1.npy``
-and memory-mapped afterwards.
+and memory-mapped afterwards. Beside it, ``dsprites-procedural-v1.json`` records the file's size and a
+blake2b digest of 512 evenly spread 32 KiB blocks (the whole file when smaller), checked on every open
+(16 MB read): a damaged cache (a zeroed or cut-short stretch) is rendered again. Builders take turns on
+``dsprites-procedural-v1.lock``; a render killed half-way leaves a temporary file that the next build or
+open removes once no builder holds the lock.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import secrets
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -201,23 +207,172 @@ def cache_path(root: Path | None = None) -> Path:
 _CHECK = np.array([0, 87040, 332800, 578560, COUNT - 1])  # spot checks (incl. 1Konny's traversal images)
 
 
-def _open_cache(path: Path) -> np.ndarray | None:
-    """The cached grid, memory-mapped copy-on-write, or None when absent or not what we render."""
+_SAMPLE_BLOCKS = 512  # blocks hashed to check the cache on open: spread evenly over the file
+_SAMPLE_BYTES = 1 << 15  # 32 KiB each (16 MB in all; the whole file when it is smaller than that)
+
+
+def sidecar_path(path: Path) -> Path:
+    """The cache's metadata: size and a digest of sampled blocks (``dsprites-procedural-v1.json``)."""
+    return path.with_suffix(".json")
+
+
+def _sample_digest(path: Path, blocks: int | None = None, block_bytes: int | None = None) -> dict:
+    """blake2b of ``blocks`` evenly spread ``block_bytes`` blocks of the file (all of it when smaller)."""
+    import hashlib
+
+    blocks = _SAMPLE_BLOCKS if blocks is None else blocks
+    block_bytes = _SAMPLE_BYTES if block_bytes is None else block_bytes
+    size = path.stat().st_size
+    h = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as f:
+        if size <= blocks * block_bytes:
+            blocks = 0  # the whole file
+            for b in iter(lambda: f.read(1 << 20), b""):
+                h.update(b)
+        else:
+            for start in np.linspace(0, size - block_bytes, blocks).astype(np.int64).tolist():
+                f.seek(start)
+                h.update(f.read(block_bytes))
+    return {"bytes": size, "blocks": blocks, "block_bytes": block_bytes, "blake2b": h.hexdigest()}
+
+
+def _check_cache(path: Path) -> tuple[np.ndarray | None, str | None]:
+    """(the cached grid memory-mapped copy-on-write, None) or (None, what is wrong; None when absent)."""
+    import json
+
     if not path.is_file():
-        return None
+        return None, None
     try:
+        meta = json.loads(sidecar_path(path).read_text())
+        want = {k: meta[k] for k in ("bytes", "blocks", "block_bytes", "blake2b")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, f"its record {sidecar_path(path).name} is missing or unreadable"
+    if meta.get("version") != VERSION or meta.get("count") != COUNT:
+        return None, f"{sidecar_path(path).name} describes another render"
+    try:
+        if path.stat().st_size != want["bytes"]:
+            return None, f"it has {path.stat().st_size:,} bytes, not {want['bytes']:,}"
         arr = np.load(path, mmap_mode="c", allow_pickle=False)
-    except (ValueError, OSError):
-        return None
+    except (ValueError, OSError) as e:
+        return None, f"it cannot be read ({e})"
     if arr.dtype != np.uint8 or arr.shape != (COUNT, SIDE, SIDE):
-        return None
+        return None, f"it holds {arr.dtype} {arr.shape}, not uint8 {(COUNT, SIDE, SIDE)}"
+    try:
+        got = _sample_digest(path, int(want["blocks"]) or 1 << 62, int(want["block_bytes"]))
+    except (OSError, ValueError) as e:
+        return None, f"it cannot be read ({e})"
+    if got["blake2b"] != want["blake2b"]:
+        return None, "its contents differ from what was written (checksum of sampled blocks)"
     if not np.array_equal(np.asarray(arr[_CHECK]), render(_CHECK)):
-        return None
-    return arr
+        return None, "its pixels differ from what this renderer draws"
+    return arr, None
 
 
-def _write_cache(path: Path, quiet: bool = True) -> None:
-    """Render the full grid in blocks of 1,024 images into ``path`` (temp file, fsync, rename)."""
+def _open_cache(path: Path) -> np.ndarray | None:
+    """The cached grid, memory-mapped copy-on-write, or None when absent, damaged or not what we render."""
+    return _check_cache(path)[0]
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_suffix(".lock")
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path, wait: bool = True):
+    """Hold the cache's build lock (POSIX flock on ``<cache>.lock``); yields False when ``wait`` is off and
+    another process holds it. Where fcntl is missing (Windows) it yields True and locks nothing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield True
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(_lock_path(path), "a+b") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is not writing it (its own writes hold the lock and clean up)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path, locked: bool = False) -> list[Path]:
+    """Delete the temporary files of renders that died half-way (multi-GB each); returns them.
+
+    A temporary ``<cache>.<pid>.<token>.tmp`` is stale when no builder holds its cache's lock (``locked``:
+    the caller holds it) and its writer's process is gone."""
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for tmp in sorted(path.parent.glob(f"{NAME}-v*.npy.*.tmp")):
+        parts = tmp.name.rsplit(".", 3)
+        if len(parts) != 4 or not parts[1].isdigit() or _pid_alive(int(parts[1])):
+            continue
+        target = tmp.with_name(parts[0])
+        if locked and target == path:
+            free = True
+        else:
+            try:
+                with _build_lock(target, wait=False) as free:
+                    pass
+            except OSError:  # a read-only cache folder: leave it be
+                continue
+        if free:
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
+
+
+def _write_cache(path: Path, quiet: bool = True, reuse: bool = False) -> None:
+    """Render the full grid into ``path`` under the build lock (processes that need it at once take
+    turns), first removing what dead renders left. ``reuse``: keep a valid cache that another process
+    finished while this one waited for the lock."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = _build_lock(path)
+        lock.__enter__()
+    except OSError as e:
+        raise VaelabError(f"cannot write the {NAME} cache in {path.parent} ({e.strerror or e}); set --data-dir "
+                          f"/ VAELAB_DATA to a writable folder") from None
+    try:
+        if reuse:  # checked again under the lock: another process may have just finished it
+            arr, problem = _check_cache(path)
+            if arr is not None:
+                return
+            if problem:
+                from .prepare import warn_once
+
+                warn_once(f"the {NAME} cache {path} is damaged ({problem}); rendering it again")
+        remove_stale_temporaries(path, locked=True)
+        _render_cache(path, quiet)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _render_cache(path: Path, quiet: bool = True) -> None:
+    """Render the full grid in blocks of 1,024 images into ``path`` (temp file, fsync, rename), then
+    record its size and sampled-block digest in the sidecar."""
+    if not quiet and os.environ.get("VAELAB_QUIET", "") in ("", "0"):  # before the minutes it takes: what, where
+        print(f"{NAME}: rendering the {COUNT:,} images once into {path} ({COUNT * SIDE * SIDE / 1e9:.1f} GB; "
+              f"later runs memory-map it; --data-dir or $VAELAB_DATA moves it)", file=sys.stderr, flush=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -241,6 +396,7 @@ def _write_cache(path: Path, quiet: bool = True) -> None:
                 bar.update(block)
             fh.flush()
             os.fsync(fh.fileno())
+        record = {"name": NAME, "version": VERSION, "count": COUNT, **_sample_digest(Path(tmp))}
         os.replace(tmp, path)
         try:  # make the rename itself durable
             dfd = os.open(path.parent, os.O_RDONLY)
@@ -250,6 +406,9 @@ def _write_cache(path: Path, quiet: bool = True) -> None:
                 os.close(dfd)
         except OSError:
             pass
+        from .prepare import atomic_write_json
+
+        atomic_write_json(sidecar_path(path), record)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise VaelabError(f"cannot write the {NAME} cache {path} ({e.strerror or e}); it needs "
@@ -263,9 +422,10 @@ def grid_images(root: Path | None = None, quiet: bool = True) -> np.ndarray:
     """The full grid ``737280 x 64 x 64`` uint8 (0/255), memory-mapped copy-on-write from the
     cache; rendered and cached first when missing (about 3 GB of disk)."""
     path = cache_path(root)
+    remove_stale_temporaries(path)  # what renders killed half-way left (none running now)
     arr = _open_cache(path)
     if arr is None:
-        _write_cache(path, quiet=quiet)
+        _write_cache(path, quiet=quiet, reuse=True)
         arr = _open_cache(path)
         if arr is None:
             raise VaelabError(f"the {NAME} cache {path} could not be read back after writing it")

@@ -1,7 +1,8 @@
 """Dataset registry: a name -> how to load it, what it holds, which files it needs.
 
-Each source module registers its datasets with :func:`register`; :func:`vaelab.data.load`
-looks them up. ``vaelab data list`` / ``info`` read the static fields without loading pixels.
+A dataset is declared in one place: a :class:`DatasetSpec` passed to :func:`register_dataset`, by a
+source module here or by a plugin (:mod:`vaelab.plugins`). :func:`vaelab.data.load` looks them up;
+``vaelab data list`` / ``info`` read the static fields without loading pixels.
 """
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ class DatasetSpec:
     # the data option that makes the files unnecessary, e.g. 'base = "procedural"' for dSprites' colour
     # and noisy variants (shown by `vaelab data list` when the files are absent)
     without_files: str | None = None
+    # what `vaelab data fetch NAME` downloads (vaelab.data.fetch.RemoteFile: URL, destination under the
+    # data directory, size and checksums), for a dataset that declares its own sources (the built-in
+    # datasets' sources are listed in fetch.py)
+    remote: list = field(default_factory=list)
 
     @property
     def needs_files(self) -> bool:
@@ -56,13 +61,29 @@ class DatasetSpec:
 REGISTRY: dict[str, DatasetSpec] = {}
 
 
-def register(spec: DatasetSpec) -> DatasetSpec:
-    REGISTRY[spec.name] = spec
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    """Add dataset ``spec.name``: ``spec.loader(root, split, size, **options) -> FactorDataset`` (its
+    keyword-only parameters are the dataset's options: ``data.options`` in a config, ``--option KEY=VALUE``
+    in `vaelab data`). A name taken by another loader is an error."""
+    from ..plugins import _origin, claim
+
+    if not isinstance(spec, DatasetSpec):
+        raise VaelabError(f"register_dataset takes a vaelab.data.DatasetSpec, got {type(spec).__name__}")
+    if not isinstance(spec.name, str) or not spec.name or not callable(spec.loader):
+        raise VaelabError(f"a DatasetSpec needs a name and a loader function, got {spec.name!r}, {spec.loader!r}")
+    claim(REGISTRY, "dataset", spec.name, spec, origin=lambda s: _origin(s.loader))
     return spec
+
+
+register = register_dataset  # the name the source modules here use
 
 
 def get(name: str) -> DatasetSpec:
     _import_sources()
+    if name not in REGISTRY:
+        from ..plugins import load_entry_points
+
+        load_entry_points()  # a dataset of an installed plugin
     try:
         return REGISTRY[name]
     except KeyError:
@@ -71,7 +92,10 @@ def get(name: str) -> DatasetSpec:
 
 
 def names() -> list[str]:
+    from ..plugins import load_entry_points
+
     _import_sources()
+    load_entry_points()
     return sorted(REGISTRY)
 
 
@@ -84,9 +108,9 @@ def _import_sources():
     for mod in _SOURCES:
         try:
             importlib.import_module(f"{__package__}.{mod}")
-        except ModuleNotFoundError as e:  # a source module not written yet must not break the others
-            if e.name != f"{__package__}.{mod}":
-                raise
+        except Exception as e:  # one line naming the module whose datasets could not be registered
+            raise VaelabError(f"the datasets of {__package__}.{mod} could not be registered: "
+                              f"{type(e).__name__}: {e}") from e
 
 
 def find_data_file(name: str, root: Path | None, default: Path, candidates=(), patterns=()) -> Path:

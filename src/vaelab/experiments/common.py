@@ -39,19 +39,20 @@ def load_ugvae_run(path, step: int | None = None, device: str = "auto"):
     from ..config import read_toml
     from ..training.run import is_run_dir, load_run
 
+    from ..models import OBJECTIVES
+
     p = Path(path)
-    if p.is_dir() and is_run_dir(p):
+    if p.is_dir() and is_run_dir(p):  # before the checkpoint is read: a quick, clear refusal
         try:
             objective = read_toml(p / "config.toml").get("model", {}).get("objective")
         except Exception:  # a broken config.toml: let load_run report it in its own words
             objective = None
-        if objective is not None and objective != "ugvae":
+        cls = OBJECTIVES.get(objective)  # (a plugin's objective is known once load_run has loaded it)
+        if cls is not None and not cls.global_latent:
             raise VaelabError(f"{p} is a {objective!r} run; the UG-VAE experiments need a run of objective "
                               f"'ugvae' (e.g. `vaelab train ugvae-mnist`)")
     run = load_run(p, step=step, device=device)
-    from ..models.ugvae import UGVAE
-
-    if not isinstance(run.model, UGVAE):
+    if not run.model.global_latent:
         raise VaelabError(f"{p} holds a {type(run.model).__name__} model; the UG-VAE experiments need a "
                           f"run of objective 'ugvae'")
     return run

@@ -16,6 +16,7 @@ on a dSprites model the scores differ by less than the spread of scikit-learn ov
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
@@ -100,6 +101,49 @@ def _resolve_jobs(n_jobs, tasks: int) -> int:
     return max(1, min(n_jobs, tasks))
 
 
+def _parent_gone(parent_pid: int, direct: bool) -> bool:
+    if direct:  # our parent: once it dies we are re-parented (a dead but unreaped parent still has its pid)
+        return os.getppid() != parent_pid
+    try:
+        os.kill(parent_pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass
+    return False
+
+
+def _watch_parent(parent_pid: int, direct: bool, poll: float) -> None:
+    while not _parent_gone(parent_pid, direct):
+        time.sleep(poll)
+    os._exit(1)
+
+
+def die_with_parent(parent_pid: int, poll: float = 0.5) -> None:
+    """Worker-process initializer: end this worker when ``parent_pid`` ends, however it ends (SIGKILL
+    included), so no worker keeps computing, or holds the caller's stdout open, after `vaelab evaluate`
+    is gone. On Linux the kernel sends SIGKILL on the parent's death (``prctl(PR_SET_PDEATHSIG)``); a
+    daemon thread also polls for the parent every ``poll`` seconds (every platform, and the case where the
+    parent died before the prctl)."""
+    import signal
+    import sys
+    import threading
+
+    direct = os.getppid() == parent_pid
+    if sys.platform.startswith("linux") and direct:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG (linux/prctl.h)
+        except (OSError, AttributeError):
+            pass
+    if _parent_gone(parent_pid, direct):
+        os._exit(1)  # gone before the prctl
+    threading.Thread(target=_watch_parent, args=(parent_pid, direct, poll), daemon=True,
+                     name="vaelab-parent-watch").start()
+
+
 class GbtFits:
     """The per-factor GBT fits of DCI, started at construction.
 
@@ -120,10 +164,13 @@ class GbtFits:
         self._data = (c, f, ct, ft)
         self.jobs = _resolve_jobs(n_jobs, f.shape[1])
         self._futures = None
+        self._pool = None
         if self.jobs > 1:
             from joblib.externals.loky import get_reusable_executor
 
-            pool = get_reusable_executor(max_workers=self.jobs)
+            # the workers end with this process, however it ends (die_with_parent)
+            pool = self._pool = get_reusable_executor(max_workers=self.jobs, initializer=die_with_parent,
+                                                      initargs=(os.getpid(),))
             order = sorted(range(f.shape[1]), key=lambda k: -len(np.unique(f[:, k])))
             self._futures = {k: pool.submit(_fit_one, c, f[:, k], ct, ft[:, k], self._seeds[k], trees) for k in order}
 
@@ -143,8 +190,13 @@ class GbtFits:
         return r, np.array([res[1] for res in results]), np.array([res[2] for res in results])
 
     def cancel(self):
-        for fut in (self._futures or {}).values():
+        """Drop the fits not started; with fits still running, kill the worker processes (a later
+        DCI starts fresh ones)."""
+        futures = list((self._futures or {}).values())
+        for fut in futures:
             fut.cancel()
+        if self._pool is not None and not all(fut.done() for fut in futures):
+            self._pool.shutdown(wait=False, kill_workers=True)
 
 
 def importance_gbt(codes, factors, codes_test, factors_test, seed: int = 0, n_jobs: int | None = 1,

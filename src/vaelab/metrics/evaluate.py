@@ -41,6 +41,7 @@ class _Metric:
     min_factors: int = 1
     aliases: tuple = ()
     run: Callable = field(default=None, repr=False)
+    per_image_elbo: bool = False  # scores the model's per-image ELBO: skipped where the objective has none
 
 
 def _names(ds):
@@ -227,9 +228,29 @@ METRICS: dict[str, _Metric] = {m.name: m for m in [
             ["active_units", "kl_total"], 0, ("active_units", "kl"), _run_latent),  # Burda et al. threshold 0.01
     # not a dlib metric: the fit the scores were bought with (reconstruction and KL, nats per image)
     _Metric("elbo", "Reconstruction / ELBO", "model", dict(num_train=10_000),
-            ["elbo", "reconstruction", "kl", "reconstruction_at_mean"], 0, ("reconstruction", "fit"), _run_elbo),
+            ["elbo", "reconstruction", "kl", "reconstruction_at_mean"], 0, ("reconstruction", "fit"), _run_elbo,
+            per_image_elbo=True),
 ]}
 # fmt: on
+
+def planned_draws(name: str, kw: dict) -> int:
+    """How many codes metric ``name`` draws through the shared sampler with settings ``kw`` (what its
+    module draws: BetaVAE two batches of L per point, FactorVAE the variance estimate plus L per vote,
+    the i.i.d. metrics their train and test points). The sum over the metrics of one evaluation is the
+    total its encoding progress is planned with; ``elbo`` and the KL half of ``latent`` read the model
+    directly and draw nothing here."""
+    def n(key):
+        v = kw.get(key, 0)
+        return int(v) if isinstance(v, (int, float, np.integer)) and not isinstance(v, bool) and v > 0 else 0
+
+    if name == "beta_vae":
+        return 2 * n("batch_size") * (n("num_train") + n("num_eval"))
+    if name == "factor_vae":  # the votes are drawn only when a dimension is active (else the score is 0)
+        return n("num_variance_estimate") + n("batch_size") * (n("num_train") + n("num_eval"))
+    if name == "elbo":
+        return 0
+    return n("num_train") + n("num_test")  # mig, sap, dci, modularity, irs, unsupervised, latent
+
 
 _COUNT_KEYS = ("num_train", "num_test", "num_eval", "num_variance_estimate")
 PROFILES = ("default", "fast")
@@ -247,12 +268,61 @@ def profile_settings(name: str, profile: str = "default") -> dict:
     return kw
 
 
+def register_metric(name: str, fn: Callable | None = None, *, title: str | None = None, needs: str = "factors",
+                    defaults: dict | None = None, headline=("score",), min_factors: int = 1, aliases=()):
+    """Add metric ``name`` to :data:`METRICS` (also as a decorator: ``@register_metric("name", ...)``).
+    ``vaelab evaluate`` then runs it with the others (``all``) or by name, eval.json holds its values as
+    ``name.key``, and the table, the study and the report show its ``headline`` keys (the first one is
+    its score).
+
+    ``fn(sampler, seed, **settings)`` returns a dict of values (numbers, lists, dicts of numbers) or
+    ``(values, number of convergence warnings)``. ``sampler`` (:class:`~vaelab.metrics.sampling.CodeSampler`)
+    gives ``sampler.dataset`` and codes of the model under evaluation: ``sampler.sample(n, rng)`` ->
+    (factors N×K, codes N×D), ``sampler.sample_unlabelled(n, rng)``; draw from
+    ``numpy.random.default_rng(seed)``. ``settings``: ``defaults`` with the user's options (the ``fast``
+    profile divides the counts num_train, num_test, num_eval, num_variance_estimate by 10); a ``run``
+    parameter, if ``fn`` has one, gets the loaded run (``needs="model"``: only runs are scored).
+    ``needs``: ``"images"``, ``"factors"``, ``"grid"`` (a full factor grid) or ``"model"``; datasets
+    without them skip the metric, saying why."""
+    import functools
+    import inspect
+
+    from ..plugins import _origin, claim
+
+    if fn is None:
+        return lambda f: register_metric(name, f, title=title, needs=needs, defaults=defaults, headline=headline,
+                                         min_factors=min_factors, aliases=aliases)
+    if not isinstance(name, str) or not name.replace("_", "").isalnum():
+        raise VaelabError(f"a metric name is letters, digits and underscores, got {name!r}")
+    if needs not in ("images", "factors", "grid", "model"):
+        raise VaelabError(f"metric {name!r}: needs must be images, factors, grid or model, got {needs!r}")
+    heads = [headline] if isinstance(headline, str) else list(headline)
+    if not heads:
+        raise VaelabError(f"metric {name!r} needs at least one headline key (its score first)")
+    wants_run = "run" in inspect.signature(fn).parameters
+
+    @functools.wraps(fn)
+    def run(sampler, seed, kw, ctx):
+        out = fn(sampler, seed, **kw, **({"run": ctx.get("run")} if wants_run else {}))
+        values, n_conv = out if isinstance(out, tuple) else (out, 0)
+        if not isinstance(values, dict):
+            raise VaelabError(f"metric {name!r} returned {type(values).__name__}, not a dict of values")
+        return values, n_conv
+
+    metric = _Metric(name, title or name, needs, dict(defaults or {}), heads, min_factors, tuple(aliases), run)
+    claim(METRICS, "metric", name, metric, origin=lambda m: _origin(m.run))
+    return fn
+
+
 def metric_names() -> list[str]:
     return list(METRICS)
 
 
 def resolve_metrics(metrics) -> tuple[list[str], bool]:
     """(metric names in canonical order, whether the user named them explicitly)."""
+    from ..plugins import load_entry_points
+
+    load_entry_points()  # metrics of installed plugins
     if metrics is None or metrics == "all" or metrics == ["all"]:
         return list(METRICS), False
     if isinstance(metrics, str):
@@ -283,8 +353,12 @@ def _skip_reason(m: _Metric, ds, run=None) -> str | None:
     if m.needs == "model":
         if run is None:
             return "needs a run's decoder (scored here through an encode function only)"
-        if run.config["model"]["objective"] == "ugvae":
-            return "UG-VAE's bound has a global term per batch: its training log holds it (kl_beta)"
+        if m.per_image_elbo:
+            from ..models import objective_class
+
+            cls = objective_class(run.config["model"]["objective"])
+            if not cls.per_image_elbo:
+                return cls.elbo_note or f"{cls.objective} has no per-image ELBO"
         return None
     if m.needs in ("factors", "grid") and not ds.has_factors:
         return f"dataset {ds.name!r} has no ground-truth factors"
@@ -349,14 +423,137 @@ def _open_run(path):
     return load_run(path)
 
 
+# ----------------------------------------------------------------------------- any encoder
+def _codes_of(out):
+    """The codes in what an encoder returned: a tensor or array ``B x D`` (``B x D x 1 x 1`` flattened to
+    ``B x D``), or the first item of a tuple / list of such (``(mu, logvar)`` -> ``mu``)."""
+    import torch
+
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], (torch.Tensor, np.ndarray)) and out[0].ndim >= 2:
+        out = out[0]  # (mu, logvar, ...): the means
+    if isinstance(out, torch.Tensor):
+        out = out.detach()
+        return out.reshape(out.shape[0], -1) if out.ndim > 2 else out
+    arr = np.asarray(out)
+    return arr.reshape(arr.shape[0], -1) if arr.ndim > 2 else arr
+
+
+def as_encode(encoder, device=None) -> Callable:
+    """An ``encode`` function (uint8 images ``B x C x H x W`` -> codes ``B x D``) from what a user brings:
+
+    * a torch ``nn.Module``: put in eval mode (on ``device`` if given) and called without gradients on
+      float images in [0, 1] (``uint8 / 255``, as vaelab's models see them) on its own device; a vaelab
+      model gives its posterior means (``representation``). It may return the codes, or a tuple whose
+      first item they are (``(mu, logvar)``);
+    * any other callable: called with the uint8 images (a torch tensor on the CPU) and returning an
+      ``np.ndarray`` or tensor ``B x D`` (or a tuple, as above).
+
+    Anything the encoder raises becomes one :class:`VaelabError` naming the batch's shape."""
+    import torch
+
+    if isinstance(encoder, torch.nn.Module):
+        module = encoder if device is None else encoder.to(device)
+        module.eval()
+        dev = next((t.device for t in list(module.parameters()) + list(module.buffers())), torch.device("cpu"))
+        rep = getattr(module, "representation", None)
+        forward = rep if callable(rep) else module
+
+        def call(images):
+            x = torch.as_tensor(images).to(dev).float().div_(255.0)
+            return forward(x)
+        what = f"the encoder module {type(encoder).__name__}"
+    elif isinstance(encoder, type):
+        raise VaelabError(f"{encoder.__name__} is a class: give an instance of it (an nn.Module) or an encode function")
+    elif callable(encoder):
+        call = encoder
+        what = f"the encode function {getattr(encoder, '__name__', type(encoder).__name__)}"
+    else:
+        raise VaelabError(f"an encoder must be an nn.Module or a function of uint8 images, "
+                          f"got {type(encoder).__name__}")
+
+    def encode(images):
+        try:
+            with torch.no_grad():
+                return _codes_of(call(images))
+        except VaelabError:
+            raise
+        except Exception as e:
+            shape = "x".join(str(s) for s in getattr(images, "shape", ()))
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise VaelabError(f"{what} failed on a batch of uint8 images {shape}: {type(e).__name__}: {first}") from e
+
+    return encode
+
+
+def load_encoder(spec: str):
+    """The object ``spec`` names: ``MODULE:NAME`` (an importable module; the current folder is searched
+    first, as ``python -m`` does) or ``FILE.py:NAME``; ``NAME`` may be dotted (``model:net.encoder``).
+    Importing runs that module's code: it is the user's own."""
+    import importlib
+    import importlib.util
+
+    spec = str(spec)
+    where, sep, attr = spec.rpartition(":")
+    if not sep or not where or not attr:
+        raise VaelabError(f"--encoder {spec!r}: expected MODULE:FUNCTION or FILE.py:FUNCTION (e.g. mymodel:encode)")
+    try:
+        if where.endswith(".py") or os.sep in where or "/" in where:
+            path = Path(where).expanduser()
+            if not path.is_file():
+                raise VaelabError(f"--encoder: no file {path}")
+            name = f"vaelab_encoder_{path.stem}"
+            mspec = importlib.util.spec_from_file_location(name, path)
+            if mspec is None or mspec.loader is None:
+                raise VaelabError(f"--encoder: cannot import {path} (not a Python file?)")
+            module = importlib.util.module_from_spec(mspec)
+            sys.modules[name] = module  # dataclasses and pickling look modules up by name
+            mspec.loader.exec_module(module)
+        else:
+            if "" not in sys.path and os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(where)
+    except VaelabError:
+        raise
+    except ModuleNotFoundError as e:
+        if e.name and (where == e.name or where.startswith(e.name + ".")):
+            raise VaelabError(f"--encoder: no module named {where!r} here (run from its folder, add it to "
+                              f"PYTHONPATH, or give FILE.py:{attr})") from None
+        raise VaelabError(f"--encoder: importing {where} failed: {type(e).__name__}: {e}") from e
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise VaelabError(f"--encoder: importing {where} failed: {type(e).__name__}: {first}") from e
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise VaelabError(f"--encoder: {where} has no {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _probe(encode, dataset) -> None:
+    """Encode the first images once before any metric runs: a broken encoder is one clear error, not a
+    metric skipped for a reason that holds for all of them."""
+    import torch
+
+    k = min(2, len(dataset))
+    if k == 0:
+        return
+    z = encode(dataset.gather(torch.arange(k)))
+    shape = tuple(getattr(z, "shape", np.shape(z)))
+    if len(shape) not in (1, 2) or shape[0] != k:
+        raise VaelabError(f"the encoder returned shape {shape} for {k} images of {dataset.name!r}; expected "
+                          f"{k} x D codes")
+
+
 # ----------------------------------------------------------------------------- evaluate
 def evaluate(run_or_encode, dataset=None, metrics="all", seed: int = 0, profile: str = "default", out=None,
              *, options: dict | None = None, n_jobs: int | None = None, batch_size: int = 2048,
              progress: bool = False, save: bool = True) -> dict:
     """Score a model with every metric (or those named in ``metrics``) and save ``eval.json``.
 
-    run_or_encode: a run folder (path), a Run (``vaelab.training.load_run``), or an ``encode`` callable
-        (uint8 images B x C x H x W -> B x D posterior means); with a callable ``dataset`` is required and
+    run_or_encode: a run folder (path), a Run (``vaelab.training.load_run``), an ``encode`` callable
+        (uint8 images B x C x H x W -> B x D codes, np.ndarray or tensor) or a torch ``nn.Module`` (called on
+        the images / 255; see :func:`as_encode`); with a callable or module ``dataset`` is required and
         eval.json is written only where ``out`` says.
     dataset: a FactorDataset, a dataset name for ``vaelab.data.load``, or None (the run's own dataset).
     metrics: "all", a comma-separated string or a list of names (``metric_names()``). With "all",
@@ -390,7 +587,7 @@ def evaluate(run_or_encode, dataset=None, metrics="all", seed: int = 0, profile:
     elif hasattr(run_or_encode, "encode") and hasattr(run_or_encode, "path"):
         run = run_or_encode
     elif not callable(run_or_encode):
-        raise VaelabError("evaluate needs a run folder, a Run, or an encode callable")
+        raise VaelabError("evaluate needs a run folder, a Run, an encode callable or an nn.Module")
     if run is not None:
         encode = run.encode
         encode_params = getattr(run, "encode_params", None)
@@ -398,7 +595,7 @@ def evaluate(run_or_encode, dataset=None, metrics="all", seed: int = 0, profile:
             dataset = run.dataset()
         out_path = _resolve_out(out) if out is not None else Path(run.path) / "eval.json"
     else:
-        encode = run_or_encode
+        encode = as_encode(run_or_encode)  # a function of uint8 images, or an nn.Module
         encode_params = None
         if dataset is None:
             raise VaelabError("evaluate with an encode callable needs a dataset (a FactorDataset or a name)")
@@ -410,6 +607,8 @@ def evaluate(run_or_encode, dataset=None, metrics="all", seed: int = 0, profile:
     if not isinstance(dataset, FactorDataset):
         raise VaelabError(f"dataset must be a FactorDataset or a dataset name, got {type(dataset).__name__}")
 
+    if run is None:
+        _probe(encode, dataset)
     sampler = CodeSampler(encode, dataset, batch_size=batch_size, progress=progress)
     ctx = {"n_jobs": n_jobs, "encode_params": encode_params, "run": run}
     result: dict = {}
@@ -462,6 +661,9 @@ def evaluate(run_or_encode, dataset=None, metrics="all", seed: int = 0, profile:
 
     background, parallel = {}, {}
     try:
+        # the encoding's whole size is known from the metrics' counts before any of them runs: one bar
+        # with its real total (or every image encoded up front when the draws would touch nearly all)
+        sampler.plan(sum(planned_draws(n, settings_for(n)) for n in names if n not in skipped))
         # DCI's gradient-boosted trees dominate the cost: with worker processes they start first and run
         # while the other metrics are computed here (same numbers; its time overlaps theirs)
         if "dci" in names and "dci" not in skipped:
@@ -560,6 +762,75 @@ def latent_assignment(result: dict) -> list[str]:
     return out
 
 
+#: the scores whose chance level is 1/K: both classify which of the K factors was held fixed
+CHANCE_KEYS = ("beta_vae.eval_accuracy", "beta_vae.train_accuracy", "factor_vae.eval_accuracy",
+               "factor_vae.train_accuracy")
+#: per-latent KL (nats / image) above which the report's KL bars count a latent as carrying information;
+#: vaelab's own cut (the quick-start model's switched-off latents sit below 0.02), not from a paper
+KL_ACTIVE_NATS = 0.02
+
+
+def chance_level(result: dict, key: str) -> float | None:
+    """1/K for the accuracies of :data:`CHANCE_KEYS` (K from ``result["dataset"]``), else None."""
+    k = len(((result.get("dataset") or {}).get("factor_sizes")) or [])
+    return 1.0 / k if key in CHANCE_KEYS and k else None
+
+
+def below_chance_reason(metric: str, num_active: list | None = None) -> str:
+    """Why a BetaVAE / FactorVAE accuracy can fall below chance. ``num_active``: FactorVAE's active-dimension
+    count of each run behind the value (None: unknown)."""
+    if metric == "factor_vae":
+        none = [n for n in (num_active or []) if isinstance(n, (int, float)) and n == 0]
+        if none:
+            of = f"{len(none)} of {len(num_active)} runs" if len(num_active) > 1 else "the run"
+            return (f"{of} had no active latent by FactorVAE's test (no mean code with std >= its threshold, "
+                    f"0.05 by default), and then the score is 0 by definition: no latent is left to vote")
+        return ("the majority vote of the training votes does worse than guessing on fresh votes: the active "
+                "latents carry no factor it can tell apart (or too few votes)")
+    return ("the linear classifier does worse than guessing on fresh points: the codes barely change with the "
+            "factor held fixed (a collapsed or untrained model), or too few points")
+
+
+def below_chance_notes(result: dict) -> list[str]:
+    """One line per BetaVAE / FactorVAE accuracy below its chance level 1/K, with the likely reason."""
+    out = []
+    for key in CHANCE_KEYS:
+        v, c = result.get(key), chance_level(result, key)
+        if c is None or not isinstance(v, (int, float)) or isinstance(v, bool) or not v < c:
+            continue
+        metric = key.split(".")[0]
+        active = [result.get("factor_vae.num_active_dims")] if metric == "factor_vae" else None
+        out.append(f"below chance: {key} {_fmt(v)} < 1/K = {c:.3f}: {below_chance_reason(metric, active)}")
+    return out
+
+
+def active_latent_counts(result: dict) -> list[tuple[str, int, int | None, str]]:
+    """(key, count, of how many latents, what it counts and its threshold) for every count of "active"
+    latents in ``result``: each metric has its own test, so the counts differ (from the strictest to the
+    loosest: KL, variance of the mean, FactorVAE's std cut, IRS's non-constant)."""
+    d = result.get("num_latents")
+    st = result.get("settings") or {}
+    out = []
+    kl = result.get("latent.kl_per_latent")
+    if isinstance(kl, list) and kl:
+        n = (st.get("latent") or {}).get("num_train")
+        out.append(("latent.kl_per_latent", sum(1 for x in kl if x > KL_ACTIVE_NATS), len(kl),
+                    f"KL(q(z_j|x) || N(0, 1)) > {KL_ACTIVE_NATS} nats / image, mean over "
+                    f"{f'{n:,} ' if n else ''}images: latents that carry information (the report's KL bars)"))
+    if isinstance(result.get("latent.active_units"), int):
+        t = (st.get("latent") or {}).get("threshold", 0.01)
+        out.append(("latent.active_units", result["latent.active_units"], d,
+                    f"variance over the data of the mean code > {t} (Burda et al. 2016's active units)"))
+    if isinstance(result.get("factor_vae.num_active_dims"), int):
+        t = (st.get("factor_vae") or {}).get("threshold", 0.05)
+        out.append(("factor_vae.num_active_dims", result["factor_vae.num_active_dims"], d,
+                    f"std over the data of the mean code >= {t} (FactorVAE's pruning, dlib; only these vote)"))
+    if isinstance(result.get("irs.num_active_dims"), int):
+        out.append(("irs.num_active_dims", result["irs.num_active_dims"], d,
+                    "std of the mean code > 0 (IRS drops only exactly constant latents)"))
+    return out
+
+
 def format_table(result: dict) -> str:
     """Scores as a plain-text table: metric, key, value, seconds (first row of each metric)."""
     rows = [("metric", "key", "value", "seconds")]  # key: the eval.json name after "metric."
@@ -591,6 +862,14 @@ def format_table(result: dict) -> str:
     guessed = [n for n in ("beta_vae", "factor_vae") if f"{n}.eval_accuracy" in result]
     if k and guessed:  # both classify which factor was fixed: chance is 1/K
         lines.append(f"note: chance level of {' and '.join(guessed)} accuracy is 1/K = {1 / k:.3f} ({k} factors)")
+    lines += [f"warning: {note}" for note in below_chance_notes(result)]
+    counts = active_latent_counts(result)
+    if len(counts) > 1:
+        lines.append("active latents: each count has its own test, so they differ")
+    if counts:
+        w = max(len(c[0]) for c in counts)
+        for key, n, of, rule in counts:
+            lines.append(f"  {key:<{w}}  {n:>3}{f' of {of}' if of else ''}  {rule}")
     if result.get("latent.active_units") == 0:
         lines.append("warning: no latent is active (Var[mu] < 0.01 for every latent, Burda et al.): the model "
                      "has collapsed to the prior and the scores above say nothing about disentanglement")

@@ -3,8 +3,9 @@
 disentanglement_lib's study reports each metric as the mean over seeds of every setting (SPEC 4.2).
 :func:`summarize` does that from the runs' ``eval.json`` results: runs whose labels agree once the
 seed is left out form one setting; each headline score becomes mean, sample standard deviation
-(0 for a single run) and count over the runs that have it (:func:`summarize` and
-:func:`format_study` are pure functions of plain dicts).
+(None for a single run: one value has none) and count over the runs that have it, and the BetaVAE /
+FactorVAE accuracies their chance level 1/K, a mean below it explained in the row's ``notes``
+(:func:`summarize` and :func:`format_study` are pure functions of plain dicts).
 
 :func:`evaluate_runs` does the work behind ``vaelab evaluate SWEEP``: it scores each run that has no
 ``eval.json`` with the same settings at its newest step (here, one after another, or as tasks on a
@@ -18,9 +19,9 @@ import os
 from pathlib import Path
 
 from ..errors import VaelabError
-from .evaluate import METRICS
+from .evaluate import METRICS, below_chance_reason, chance_level
 
-__all__ = ["summarize", "format_study", "runs_of", "evaluate_runs", "score_run", "SEED_KEY"]
+__all__ = ["summarize", "format_study", "score_cell", "runs_of", "evaluate_runs", "score_run", "SEED_KEY"]
 
 SEED_KEY = "train.seed"
 
@@ -31,8 +32,11 @@ def _setting(label: dict, ignore) -> str:
 
 def summarize(results: list[dict], labels: list[dict], ignore=(SEED_KEY,)) -> list[dict]:
     """One row per setting, in first-seen order: ``{"setting": {...}, "runs": n, "scores":
-    {"mig.score": {"mean", "std", "n"}, ...}}``. ``results[i]`` is run i's eval.json dict and
-    ``labels[i]`` its distinguishing values (a sweep's grid values and seed)."""
+    {"mig.score": {"mean", "std", "n"}, ...}, "notes": [...]}``. ``std`` is the sample standard
+    deviation, None when one run has the score; the BetaVAE / FactorVAE accuracies also hold
+    ``chance`` (1/K), and each mean below it gets a line in ``notes`` saying why (e.g. no active
+    latent). ``results[i]`` is run i's eval.json dict and ``labels[i]`` its distinguishing values (a
+    sweep's grid values and seed)."""
     if len(results) != len(labels):
         raise ValueError("one label per result")
     groups: dict[str, list[int]] = {}
@@ -41,6 +45,7 @@ def summarize(results: list[dict], labels: list[dict], ignore=(SEED_KEY,)) -> li
     rows = []
     for key, members in groups.items():
         scores: dict[str, dict] = {}
+        notes: list[str] = []
         names = [n for n in METRICS if any(n in (results[i].get("metrics") or []) for i in members)]
         for name in names:
             for head in METRICS[name].headline:
@@ -51,14 +56,35 @@ def summarize(results: list[dict], labels: list[dict], ignore=(SEED_KEY,)) -> li
                 if not vals:
                     continue
                 mean = sum(vals) / len(vals)
-                std = (math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0)
+                std = (math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None)
                 scores[full] = {"mean": mean, "std": std, "n": len(vals)}
-        rows.append({"setting": json.loads(key), "runs": len(members), "scores": scores})
+                chance = chance_level(results[members[0]], full)
+                if chance is not None:
+                    scores[full]["chance"] = chance
+                    if mean < chance:
+                        active = ([results[i].get("factor_vae.num_active_dims") for i in members]
+                                  if name == "factor_vae" else None)
+                        notes.append(f"{full} {mean:.4f} is below chance (1/K = {chance:.3f}): "
+                                     f"{below_chance_reason(name, active)}")
+        rows.append({"setting": json.loads(key), "runs": len(members), "scores": scores, "notes": notes})
     return rows
 
 
+def score_cell(s: dict, runs: int, digits: int = 3) -> str:
+    """A summarised score as text: ``mean±std``, the count when it is not every run, and for one value
+    no std (``0.197 (n=1)``); a mean below chance ends in ``!`` (its row's notes say why)."""
+    if s.get("std") is None or s["n"] < 2:
+        cell = f"{s['mean']:.{digits}f} (n={s['n']})"
+    else:
+        cell = f"{s['mean']:.{digits}f}±{s['std']:.{digits}f}" + (f" (n={s['n']})" if s["n"] < runs else "")
+    if s.get("chance") is not None and s["mean"] < s["chance"]:
+        cell += " !"
+    return cell
+
+
 def format_study(rows: list[dict]) -> str:
-    """Plain-text table: one line per setting, each metric's score as mean ± std (n < runs noted)."""
+    """Plain-text table: one line per setting, each metric's score as mean ± std (n < runs noted; one
+    value: its n, no std); scores below chance marked ``!`` and explained under the table."""
     cols = []
     for name, m in METRICS.items():
         full = f"{name}.{m.headline[0]}"
@@ -71,15 +97,14 @@ def format_study(rows: list[dict]) -> str:
         line = [str(r["setting"].get(k, "")) for k in keys] + [str(r["runs"])]
         for _, full in cols:
             s = r["scores"].get(full)
-            if s is None:
-                line.append("-")
-            else:
-                cell = f"{s['mean']:.3f}±{s['std']:.3f}" if r["runs"] > 1 else f"{s['mean']:.3f}"
-                line.append(cell + (f" (n={s['n']})" if s["n"] < r["runs"] else ""))
+            line.append("-" if s is None else score_cell(s, r["runs"]))
         table.append(line)
     w = [max(len(t[i]) for t in table) for i in range(len(head))]
     lines = ["  ".join(c.rjust(w[i]) if i >= len(keys) else c.ljust(w[i]) for i, c in enumerate(t)) for t in table]
     lines.insert(1, "-" * len(lines[0]))
+    for r in rows:
+        where = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in r["setting"].items()) or "all runs"
+        lines += [f"! {where}: {note}" for note in r.get("notes", [])]
     return "\n".join(lines)
 
 

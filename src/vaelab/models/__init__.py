@@ -7,6 +7,7 @@ the common keys whose default differs for it, e.g. UG-VAE's gaussian likelihood 
 """
 from __future__ import annotations
 
+import keyword
 from typing import Any
 
 from ..errors import VaelabError, closest
@@ -21,6 +22,7 @@ from .vae import BetaVAE
 
 __all__ = [
     "OBJECTIVES", "COMMON_DEFAULTS", "COMMON_KEYS", "build_model", "objective_defaults", "model_defaults",
+    "register_objective", "objective_class", "resolve_aliases",
     "VAE", "BetaVAE", "AnnealedVAE", "FactorVAE", "BetaTCVAE", "DIPVAE", "UGVAE",
     "LIKELIHOODS", "recon_loss", "mean_image",
 ]
@@ -45,10 +47,32 @@ COMMON_DEFAULTS: dict[str, Any] = {
 COMMON_KEYS = ("objective",) + tuple(COMMON_DEFAULTS)
 
 
+def register_objective(cls: type[VAE]) -> type[VAE]:
+    """Add an objective: a :class:`VAE` subclass whose ``objective`` attribute names it (its [model] keys
+    in ``defaults``, what the rest of vaelab needs to know in the class attributes of :class:`VAE`).
+    Returns the class, so it also works as a class decorator; a name taken by another class is an error."""
+    from ..plugins import claim
+
+    if not (isinstance(cls, type) and issubclass(cls, VAE)):
+        raise VaelabError(f"register_objective takes a subclass of vaelab.models.VAE, got {cls!r}")
+    name = cls.__dict__.get("objective")
+    if not isinstance(name, str) or not name:
+        raise VaelabError(f"{cls.__qualname__} needs its own objective = \"name\" to be registered")
+    bad = [k for k in cls.defaults if not k.isidentifier() or keyword.iskeyword(k)]
+    if bad:  # they become attributes of the model (and torch.compile's guards name them)
+        raise VaelabError(f"objective {name!r}: [model] key {bad[0]!r} is not a Python name; e.g. {bad[0]}_")
+    claim(OBJECTIVES, "objective", name, cls)
+    return cls
+
+
 def objective_class(objective: str) -> type[VAE]:
     if objective not in OBJECTIVES:
+        from ..plugins import load_entry_points
+
+        load_entry_points()  # an installed plugin's objective
+    if objective not in OBJECTIVES:
         raise VaelabError(f"unknown objective {objective!r}{closest(str(objective), OBJECTIVES)}; "
-                          f"valid: {', '.join(OBJECTIVES)}")
+                          f"valid: {', '.join(OBJECTIVES)} (or your own, from a plugin: --plugin FILE.py)")
     return OBJECTIVES[objective]
 
 
@@ -63,19 +87,28 @@ def model_defaults(objective: str) -> dict[str, Any]:
     return {"objective": objective, **COMMON_DEFAULTS, **objective_defaults(objective)}
 
 
+def resolve_aliases(cfg: dict) -> dict:
+    """A copy of the [model] table ``cfg`` with the objective's alias keys under their own names
+    (``VAE.aliases``, e.g. UG-VAE's ``dim_z`` -> ``latent_dim``); both names with different values is an error."""
+    cls = objective_class(cfg["objective"])
+    out = dict(cfg)
+    for alias, key in cls.aliases.items():
+        if alias in out:
+            value = out.pop(alias)
+            if key in out and out[key] != value:
+                raise VaelabError(f"{cls.objective}: {alias} ({value}) and {key} ({out[key]}) disagree; set one")
+            out[key] = value
+    return out
+
+
 def build_model(cfg: dict, image_shape, num_train: int | None = None) -> VAE:
     """Build the model a [model] table describes (see the module docstring)."""
-    cfg = dict(cfg)
     if "objective" not in cfg:
         raise VaelabError(f"the [model] table needs an objective; valid: {', '.join(OBJECTIVES)}")
+    cfg = resolve_aliases(cfg)
     objective = cfg.pop("objective")
     cls = objective_class(objective)
-    if objective == "ugvae" and "dim_z" in cfg:  # UG-VAE's name for the local latent size
-        dim_z = cfg.pop("dim_z")
-        if "latent_dim" in cfg and cfg["latent_dim"] != dim_z:
-            raise VaelabError(f"ugvae: dim_z ({dim_z}) and latent_dim ({cfg['latent_dim']}) disagree; set one")
-        cfg["latent_dim"] = dim_z
-    valid = sorted(set(COMMON_KEYS) | set(cls.defaults) | ({"dim_z"} if objective == "ugvae" else set()))
+    valid = sorted(set(COMMON_KEYS) | set(cls.defaults) | set(cls.aliases))
     for key in cfg:
         if key not in valid:
             raise VaelabError(f"unknown [model] key {key!r} for objective {objective!r}{closest(key, valid)}; "

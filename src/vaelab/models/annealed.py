@@ -20,6 +20,7 @@ class AnnealedVAE(VAE):
         "c_start": 0.0,  # dlib, disvae
         "c_steps": 100000,  # T: dlib iteration_threshold, disvae
     }
+    sweep_keys = ("gamma", "c_max", "c_start")  # not c_steps: a Python branch reads it
 
     def capacity(self, step) -> torch.Tensor:
         """C(t) as a 0-dim float tensor (C_max in eval mode); no host sync."""

@@ -41,10 +41,54 @@ class VAE(nn.Module):
     #: integer keys that count something and must be >= 1 (every other number must be finite and >= 0:
     #: weights, capacities and schedules of these objectives are never negative)
     counts: ClassVar[tuple[str, ...]] = ()
+    #: number keys that may be negative (any finite value), exceptions to the rule above
+    signed: ClassVar[tuple[str, ...]] = ()
     #: common keys whose default differs for this objective (e.g. UG-VAE's gaussian likelihood)
     common_overrides: ClassVar[dict[str, Any]] = {}
     #: images per iteration = batches_per_step × batch size (FactorVAE second_batch: 2)
     batches_per_step: int = 1
+
+    # ---- what the rest of vaelab asks an objective (the defaults fit a one-loss VAE with a N(0, I) prior;
+    # an objective declares its own here and no other module checks its name)
+    #: other names of [model] keys, {alias: key} (UG-VAE's reference calls latent_dim dim_z); a config may
+    #: use either name, not both with different values
+    aliases: ClassVar[dict[str, str]] = {}
+    #: [model] keys a vmapped sweep (`vaelab sweep --mode vmap`) may vary across its models: plain
+    #: arithmetic in the loss, fed in as per-model tensors. None: the objective has no vmapped step
+    sweep_keys: ClassVar[tuple[str, ...] | None] = ()
+    #: the methods `update` runs the networks through (the fast path's bf16 autocast wraps these); a
+    #: subclass that overrides `update` declares its own, else autocast wraps the whole of `update`
+    forward_methods: ClassVar[tuple[str, ...]] = ("loss",)
+    #: whether one image's ELBO (recon + KL(q(z|x) ‖ N(0, I))) is the model's bound, so that evaluate's
+    #: `elbo` metric applies; when it is not, `elbo_note` says why
+    per_image_elbo: ClassVar[bool] = True
+    elbo_note: ClassVar[str] = ""
+    #: the prior is a mixture: `sample(n)` returns n draws per component, K×n×C×H×W
+    mixture_prior: ClassVar[bool] = False
+    #: a global latent per batch beside the per-image codes (decode(z, beta), global_posterior,
+    #: prior_components, dim_beta): traversals use it, and the UG-VAE experiments need it
+    global_latent: ClassVar[bool] = False
+
+    @classmethod
+    def _declared_with_update(cls, attr: str) -> bool:
+        """Whether ``attr`` comes from the class that defines ``update`` or from a subclass of it."""
+        def owner(name):
+            return next(k for k in cls.__mro__ if name in k.__dict__)
+        return issubclass(owner(attr), owner("update"))
+
+    @classmethod
+    def autocast_methods(cls) -> tuple[str, ...]:
+        """The methods bf16 autocast wraps (``forward_methods``); () = wrap the whole of ``update``."""
+        return tuple(cls.forward_methods) if cls._declared_with_update("forward_methods") else ()
+
+    @classmethod
+    def vmap_problem(cls) -> str | None:
+        """Why this objective has no vmapped step (None when it has one)."""
+        if cls.sweep_keys is None:
+            return f"{cls.objective} has no vmapped step yet"
+        if not cls._declared_with_update("vmapped_update"):
+            return f"{cls.objective} has its own update but no vmapped_update: it has no vmapped step yet"
+        return None
 
     def __init__(self, image_shape, latent_dim: int, net: str | None = None, likelihood: str = "bernoulli",
                  variance: float = 0.5, net_options: dict | None = None, num_train: int | None = None,
@@ -96,7 +140,10 @@ class VAE(nn.Module):
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise VaelabError(f"{cls.objective}: {key} must be a number, got {value!r}")
                 value = float(value)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key in cls.signed:
+                if not math.isfinite(value):
+                    raise VaelabError(f"{cls.objective}: {key} must be finite, got {value!r}")
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 least = 1 if key in cls.counts else 0
                 if not math.isfinite(value) or value < least:
                     raise VaelabError(f"{cls.objective}: {key} must be {'a count >= 1' if least else 'finite and >= 0'}, "
@@ -194,3 +241,32 @@ class VAE(nn.Module):
         for opt in optimizers.values():
             opt.step()
         return {k: v.detach() for k, v in terms.items()}
+
+    # ------------------------------------------------------------------ noise and the vmapped step
+
+    def step_noise(self, batch_size: int) -> list[tuple[str, tuple[int, ...]]]:
+        """Every random draw of one training iteration, in the order the iteration makes them:
+        ``("normal" | "uniform", shape)``, the posterior samples of :meth:`reparameterize` and the draws
+        of :meth:`draw`. A vmapped sweep draws these from each model's own generator beforehand and feeds
+        them in this order, so each model gets the noise it would draw trained alone."""
+        return [("normal", (batch_size, self.latent_dim))]
+
+    def draw(self, kind: str, shape, device) -> torch.Tensor:
+        """A random draw of the iteration other than the posterior sample (FactorVAE's permutation noise,
+        samples of the prior): ``"normal"`` or ``"uniform"``, float32 on ``device``. Draw through here, and
+        list the draw in :meth:`step_noise`, so that a vmapped sweep can feed it."""
+        if kind == "normal":
+            return torch.randn(shape, device=device)
+        if kind == "uniform":
+            return torch.rand(shape, device=device)
+        raise ValueError(f"unknown kind of noise {kind!r}; valid: normal, uniform")
+
+    def vmapped_update(self, vm, x: torch.Tensor, step) -> dict[str, torch.Tensor]:
+        """:meth:`update` for the M stacked models of a vmapped sweep (``vm``: the
+        :class:`~vaelab.training.vmap.VmapSweep`; ``x``: M×B×C×H×W). One gradient of :meth:`loss` for
+        every parameter group, then each group's Adam step. An objective that overrides :meth:`update`
+        overrides this too, with ``vm.grad``, ``vm.call`` and ``vm.optimizer_step`` (see FactorVAE)."""
+        grads, terms = vm.grad("loss", vm.groups, (x,), shared=(step,), noise=vm.noise)
+        for g in vm.groups:
+            vm.optimizer_step(g, grads)
+        return terms

@@ -74,6 +74,10 @@ class BetaTCVAE(VAE):
         "gamma": 1.0,  # Chen et al.
     }
     choices = {"form": ("chen", "dlib"), "estimator": ("mss", "mws")}
+    sweep_keys = ("alpha", "beta", "gamma")
+    # α weighs the MI term and may be negative: YannDubs/disentangling-vae hyperparam.ini best_dsprites
+    # (btcvae_A = -5) and best_celeba (-10) push the MI up
+    signed = ("alpha",)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -37,6 +37,7 @@ class DIPVAE(VAE):
         "lambda_d_factor": 10.0,  # dlib: λ_d = 10·λ_od for DIP-VAE-I (use 1 for II)
     }
     choices = {"kind": ("i", "ii")}
+    sweep_keys = ("lambda_od", "lambda_d_factor")
 
     def _objective(self, out, x, step):
         cov = dip_covariance(out["mu"], out["logvar"], self.kind)

@@ -22,12 +22,16 @@ from torch.func import functional_call
 from ..nets import disc_mlp
 from .base import VAE
 
-__all__ = ["FactorVAE", "permute_dims"]
+__all__ = ["FactorVAE", "permute_dims", "permute_with"]
 
 
 def permute_dims(z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Independent random permutation of every column of ``z`` (B×D) across the batch."""
-    noise = torch.rand(z.shape, device=z.device, generator=generator)
+    return permute_with(z, torch.rand(z.shape, device=z.device, generator=generator))
+
+
+def permute_with(z: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Every column of ``z`` permuted by the ranks of the same column of uniform ``noise`` (B×D)."""
     return torch.gather(z, 0, noise.argsort(dim=0))
 
 
@@ -42,6 +46,8 @@ class FactorVAE(VAE):
     }
     choices = {"disc_init": ("normal02", "glorot"), "permute_source": ("second_batch", "same_batch")}
     common_overrides = {"net": "fvae64"}  # 1Konny/FactorVAE
+    sweep_keys = ("gamma",)
+    forward_methods = ("_vae_terms", "_second_codes", "_disc_terms")  # what update runs the nets through
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -83,7 +89,7 @@ class FactorVAE(VAE):
 
     def _disc_terms(self, z_real: torch.Tensor, z_source: torch.Tensor) -> dict[str, torch.Tensor]:
         b = z_real.shape[0]
-        z_perm = permute_dims(z_source)
+        z_perm = permute_with(z_source, self.draw("uniform", z_source.shape, z_source.device))
         logp = F.log_softmax(self.disc(torch.cat([z_real, z_perm], 0)), dim=1)
         logp_real, logp_perm = logp[:b], logp[b:]
         disc_loss = -0.5 * (logp_real[:, 0].mean() + logp_perm[:, 1].mean())
@@ -117,3 +123,25 @@ class FactorVAE(VAE):
         opt_disc.step()
         terms.update(d_terms)
         return {k: v.detach() for k, v in terms.items()}
+
+    # ------------------------------------------------------------------ noise and the vmapped step
+
+    def step_noise(self, batch_size):
+        """z₁ ~ q(z|x₁) [, z₂ ~ q(z|x₂)], then the permutation's uniform noise (the order of update)."""
+        shape = (batch_size, self.latent_dim)
+        return [("normal", shape)] * self.batches_per_step + [("uniform", shape)]
+
+    def vmapped_update(self, vm, x, step):
+        """:meth:`update`'s three steps for M stacked models: the VAE gradient and step, the second
+        batch's codes (after that step), the discriminator gradient and step."""
+        noise = iter(vm.noise)
+        b = x.shape[1] // self.batches_per_step
+        x1, x2 = (x[:, :b], x[:, b:]) if self.batches_per_step == 2 else (x, None)
+        grads, terms = vm.grad("_vae_terms", ["vae"], (x1,), noise=[next(noise)])
+        z1 = terms.pop("z")
+        vm.optimizer_step("vae", grads)
+        z2 = z1 if x2 is None else vm.call("_second_codes", (x2, z1), noise=[next(noise)])
+        grads, d_terms = vm.grad("_disc_terms", ["disc"], (z1, z2), noise=[next(noise)], loss="disc_loss")
+        vm.optimizer_step("disc", grads)
+        terms.update(d_terms)
+        return terms

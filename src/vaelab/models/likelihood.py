@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..errors import VaelabError, closest
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+LIKELIHOODS = ("bernoulli", "gaussian", "laplace")
 LOG_2PI = math.log(2.0 * math.pi)
 
 __all__ = ["LIKELIHOODS", "check_likelihood", "recon_loss", "mean_image", "kl_normal", "log_normal"]
@@ -36,6 +36,8 @@ def recon_loss(o: torch.Tensor, x: torch.Tensor, likelihood: str = "bernoulli", 
 
     * bernoulli: ℓ = softplus(o) − x·o (cross-entropy on logits; also for continuous x in [0, 1]).
     * gaussian(σ²): m = sigmoid(o), ℓ = (x − m)²/(2σ²) + ½ ln(2πσ²) (the constant is included).
+    * laplace(σ²): m = sigmoid(o), scale b = √(σ²/2) (σ² is the Laplace variance 2b²),
+      ℓ = |x − m|/b + ln(2b) (YannDubs/disentangling-vae's rec_dist "laplace": 3·|x − m|, i.e. b = ⅓).
     """
     if likelihood == "bernoulli":
         ell = F.binary_cross_entropy_with_logits(o, x, reduction="none")
@@ -44,6 +46,10 @@ def recon_loss(o: torch.Tensor, x: torch.Tensor, likelihood: str = "bernoulli", 
         sq = (x - torch.sigmoid(o)).pow(2).flatten(1).sum(1)
         pixels = x[0].numel()
         return sq / (2.0 * variance) + pixels * 0.5 * (LOG_2PI + math.log(variance))
+    if likelihood == "laplace":
+        b = math.sqrt(variance / 2.0)
+        ab = (x - torch.sigmoid(o)).abs().flatten(1).sum(1)
+        return ab / b + x[0].numel() * math.log(2.0 * b)
     raise VaelabError(f"unknown likelihood {likelihood!r}; valid: {', '.join(LIKELIHOODS)}")
 
 

@@ -48,6 +48,12 @@ class UGVAE(VAE):
     }
     #: UG-VAE's Gaussian likelihood with var_x 0.2 (seed 004 README / train.py CLI default)
     common_overrides = {"net": "ugvae_fc28", "likelihood": "gaussian", "variance": 0.2}
+    aliases = {"dim_z": "latent_dim"}  # the reference's name (ipeis/UG-VAE train.py --dim_z)
+    sweep_keys = None  # no vmapped step yet: one global draw per batch besides the per-image ones
+    per_image_elbo = False
+    elbo_note = "UG-VAE's bound has a global term per batch: its training log holds it (kl_beta)"
+    mixture_prior = True  # p(z | d, β): K components
+    global_latent = True  # β, inferred per batch
 
     def __init__(self, image_shape, latent_dim: int, net: str | None = None, likelihood: str = "gaussian",
                  variance: float = 0.2, net_options: dict | None = None, num_train: int | None = None, **params):

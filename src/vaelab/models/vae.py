@@ -11,6 +11,7 @@ class BetaVAE(VAE):
     defaults = {
         "beta": 4.0,  # Higgins et al. 2017, dSprites (via YannDubs/disentangling-vae hyperparam.ini)
     }
+    sweep_keys = ("beta",)
 
     def _objective(self, out, x, step):
         return {"loss": out["recon"] + self.beta * out["kl"]}

@@ -74,6 +74,16 @@ class Context:
         dist.broadcast(t, src=0)
         return float(t)
 
+    def any_rank(self, flag: bool, device) -> bool:
+        """True on every rank when ``flag`` is true on any (a stop asked for by a signal to one rank)."""
+        if not self.active:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float32, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
     def mean_terms(self, terms: dict) -> dict:
         """Tensor terms averaged over ranks (one all-reduce); other entries unchanged."""
         if not self.active:

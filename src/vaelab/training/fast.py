@@ -213,16 +213,10 @@ class DeviceSampler:
 
 # ---------------------------------------------------------------------------------------- bf16
 def _forward_methods(model) -> tuple[str, ...]:
-    """The methods of ``model.update`` that run the networks forward (autocast wraps these only)."""
-    from ..models.base import VAE
-    from ..models.factorvae import FactorVAE
-
-    upd = type(model).update
-    if upd is VAE.update:
-        return ("loss",)
-    if upd is FactorVAE.update:
-        return ("_vae_terms", "_second_codes", "_disc_terms")
-    return ()
+    """The methods of ``model.update`` that run the networks forward (autocast wraps these only; the
+    objective declares them, ``VAE.forward_methods``); () = wrap the whole of ``update``."""
+    methods = getattr(type(model), "autocast_methods", None)
+    return tuple(methods()) if methods is not None else ()
 
 
 def _to_float(out):

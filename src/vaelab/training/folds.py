@@ -11,18 +11,27 @@ import json
 import numpy as np
 
 from ..config import Config
+from ..data.prepare import atomic_write_bytes
 from ..data.splits import kfold_indices
 from ..paths import require_folder
-from .trainer import Trainer, default_run_dir, load_dataset
+from .lock import claim_folder
+from .trainer import RUN_DIR, Trainer, default_run_dir, load_dataset
 
 
 def run_folds(cfg: Config, *, quiet: bool = False, resume: bool = False) -> dict:
-    k = cfg.train.folds
     root = default_run_dir(cfg)
-    require_folder(root, "--out", "the k-fold runs")
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "config.toml").write_text(cfg.to_toml())
-    dataset = load_dataset(cfg)
+    require_folder(root, RUN_DIR, "the k-fold runs")
+    dataset = load_dataset(cfg)  # (before the folder is made: a bad data root leaves nothing behind)
+    lock = claim_folder(root, "the k-fold runs", RUN_DIR)  # a new, empty or vaelab folder; one writer
+    try:
+        return _run_folds(cfg, root, dataset, quiet=quiet, resume=resume)
+    finally:
+        lock.release()
+
+
+def _run_folds(cfg: Config, root, dataset, *, quiet: bool, resume: bool) -> dict:
+    k = cfg.train.folds
+    atomic_write_bytes(root / "config.toml", cfg.to_toml().encode())
     folds = kfold_indices(len(dataset), k, cfg.train.seed)
     results = []
     for i, (train_idx, val_idx) in enumerate(folds):
@@ -33,8 +42,11 @@ def run_folds(cfg: Config, *, quiet: bool = False, resume: bool = False) -> dict
         done = fold_dir.exists() and (fold_dir / "checkpoints").exists()
         trainer = Trainer(fold_cfg, run_dir=fold_dir, resume=resume and done, quiet=quiet, dataset=dataset,
                           train_indices=train_idx, val_indices=val_idx)
-        trainer.fit()
-        val = trainer.validate()
+        try:
+            trainer.fit()
+            val = trainer.validate()
+        finally:
+            trainer.close()
         results.append({"fold": i, "train_size": len(train_idx), "val_size": len(val_idx), **val})
         if not quiet:
             print(f"fold {i}: " + "  ".join(f"{k}={v:.6g}" for k, v in val.items() if k == "val.loss"))
@@ -42,7 +54,7 @@ def run_folds(cfg: Config, *, quiet: bool = False, resume: bool = False) -> dict
     summary = {"folds": results,
                "mean": {k: float(np.mean([r[k] for r in results])) for k in keys},
                "std": {k: float(np.std([r[k] for r in results], ddof=1)) for k in keys}}
-    (root / "folds.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_bytes(root / "folds.json", json.dumps(summary, indent=1).encode())
     if not quiet:
         m, s = summary["mean"].get("val.loss"), summary["std"].get("val.loss")
         if m is not None:

@@ -1,6 +1,7 @@
 """Where a run's numbers go: runs/NAME/metrics.jsonl (one JSON object per log step) and TensorBoard."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -36,19 +37,22 @@ class RunLogger:
             except ImportError:  # pragma: no cover - tensorboard is a dependency
                 SummaryWriter = None
             if SummaryWriter is not None:
+                _quiet_tensorboard_writer_thread()
                 self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
 
     def log(self, step: int, record: dict):
         """record: flat dict of floats or lists of floats (per-latent KL)."""
         out = {"step": step, **{k: _jsonable(v) for k, v in record.items()}}
-        self._fh.write(json.dumps(out) + "\n")
+        with _naming_the_file(self.path):  # a full disk: the error names the file that could not grow
+            self._fh.write(json.dumps(out) + "\n")
         if self._tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(k.replace(".", "/", 1), v, step)
-                elif isinstance(v, list) and v and isinstance(v[0], (int, float)):
-                    for i, x in enumerate(v):
-                        self._tb.add_scalar(f"{k}/{i}", x, step)
+            with _naming_the_file(self.run_dir / "tensorboard"):
+                for k, v in record.items():
+                    if isinstance(v, (int, float)) and not isinstance(v, bool):
+                        self._tb.add_scalar(k.replace(".", "/", 1), v, step)
+                    elif isinstance(v, list) and v and isinstance(v[0], (int, float)):
+                        for i, x in enumerate(v):
+                            self._tb.add_scalar(f"{k}/{i}", x, step)
 
     def image(self, tag: str, step: int, array_hwc: np.ndarray):
         if self._tb is not None:
@@ -59,6 +63,35 @@ class RunLogger:
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
+
+
+def _quiet_tensorboard_writer_thread():
+    """TensorBoard writes from a thread of its own; when a write fails (a full disk) that thread prints a
+    traceback, and the next ``add_scalar`` raises the same error here, where it becomes one line. This
+    hook silences that thread's traceback for OS errors only; every other thread error is shown as before."""
+    import threading
+
+    previous = threading.excepthook
+    if getattr(previous, "_vaelab", False):
+        return
+
+    def hook(args):
+        if type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError):
+            return
+        previous(args)
+
+    hook._vaelab = True
+    threading.excepthook = hook
+
+
+@contextlib.contextmanager
+def _naming_the_file(path: Path):
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def _keep_upto(path: Path, step: int):

@@ -97,9 +97,9 @@ class Run:
         chunk = max(batch_size, 4096)
         bar = None
         if progress:
-            from tqdm import tqdm
+            from ..data.prepare import progress as progress_bar  # off under VAELAB_QUIET or without a terminal
 
-            bar = tqdm(total=len(index), unit="img", desc="encode", leave=False)
+            bar = progress_bar(total=len(index), unit="img", desc="encode")
         try:
             for i in range(0, len(index), chunk):
                 mu, lv = self.encode_params(ds.gather(index[i:i + chunk], gen), batch_size)
@@ -160,8 +160,16 @@ def _uint8_images(images) -> torch.Tensor:
 
 
 def is_run_dir(path) -> bool:
+    """A folder with a config.toml, or (config.toml lost) a checkpoint: every checkpoint holds the config."""
     p = Path(path)
-    return (p / "config.toml").is_file()
+    if (p / "config.toml").is_file():
+        return True
+    ckdir = p / "checkpoints"
+    try:
+        return ckdir.is_dir() and any(checkpoint.step_of(c.name) is not None and (c / "state.json").is_file()
+                                      for c in ckdir.iterdir())
+    except OSError:
+        return False
 
 
 def load_run(path, step: int | None = None, device: str = "cpu") -> Run:
@@ -173,7 +181,7 @@ def load_run(path, step: int | None = None, device: str = "cpu") -> Run:
     if not path.is_dir():
         raise VaelabError(f"{path} is not a folder: expected a run folder made by `vaelab train`")
     if not is_run_dir(path):
-        raise VaelabError(f"{path} is not a run folder (no config.toml); train one with `vaelab train`")
+        raise VaelabError(f"{path} is not a run folder (no config.toml, no checkpoint); train one with `vaelab train`")
     ck = checkpoint.find(path, step)
     tensors, state = checkpoint.load(ck)
     cfg = Config.from_dict(state.get("config") or read_toml(path / "config.toml")).validate()

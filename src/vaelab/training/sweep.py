@@ -27,7 +27,7 @@ from ..errors import VaelabError
 from ..paths import require_folder
 from .vmap import VmapSweep, vmap_problem
 
-__all__ = ["MODES", "BACKENDS", "expand", "sweep", "train_group", "parse_grid"]
+__all__ = ["MODES", "BACKENDS", "expand", "sweep", "train_group", "parse_grid", "run_state"]
 
 MODES = ("auto", "vmap", "sequential")
 
@@ -66,9 +66,13 @@ def _repeated(values):
     return None
 
 
-def expand(preset_or_config, grid: dict | None = None, seeds=None, overrides=None, out=None
+def expand(preset_or_config, grid: dict | None = None, seeds=None, overrides=None, out=None, names=None
            ) -> tuple[list[Config], list[dict], Path]:
-    """The sweep's configs (grid product, seeds innermost), their distinguishing values, and DIR."""
+    """The sweep's configs (grid product, seeds innermost), their distinguishing values, and DIR.
+
+    ``names``: a function of a run's values (its label) giving its folder name inside DIR (default:
+    ``<preset name>-<k>``, k the run's place in the product; a study names its runs by their values so
+    that a run keeps its folder whatever else is selected)."""
     base = resolve(preset_or_config, overrides)
     grid = dict(grid or {})
     for key, values in grid.items():
@@ -100,10 +104,17 @@ def expand(preset_or_config, grid: dict | None = None, seeds=None, overrides=Non
     for k, (combo, seed) in enumerate(itertools.product(itertools.product(*[grid[x] for x in keys]), seeds)):
         over = {key: v for key, v in zip(keys, combo)}
         label = {**over, "train.seed": seed}
-        over.update({"train.seed": seed, "train.out": str(out_dir / f"{base.name}-{k}")})
+        folder = f"{base.name}-{k}" if names is None else str(names(label))
+        if not folder or folder in (".", "..") or Path(folder).name != folder:
+            raise VaelabError(f"bad run folder name {folder!r} for {label}: expected one folder name")
+        over.update({"train.seed": seed, "train.out": str(out_dir / folder)})
         cfg = resolve(base.to_dict(), over)
         cfgs.append(cfg)
         labels.append(label)
+    folders = [Path(c.train.out).name for c in cfgs]
+    if len(set(folders)) != len(folders):
+        twice = next(f for f in folders if folders.count(f) > 1)
+        raise VaelabError(f"two runs of the sweep would share the folder {twice!r}: give each run its own name")
     return cfgs, labels, out_dir
 
 
@@ -133,8 +144,16 @@ BACKENDS = ("local", "ray")
 def sweep(preset_or_config, grid=None, seeds=None, *, overrides=None, steps: int | None = None, out=None,
           device: str | None = None, mode: str = "auto", quiet: bool = False, resume: bool = False,
           dataset=None, backend: str = "local", ray_address: str | None = None,
-          runs_per_task: int | None = None, gpus_per_task: float | None = None) -> SweepResult:
+          runs_per_task: int | None = None, gpus_per_task: float | None = None, names=None) -> SweepResult:
     """Train every config of a sweep; returns the run folders (``.mode`` says how they were trained).
+
+    ``resume``: continue a sweep that stopped (Ctrl-C, SIGKILL, a lost machine) by running the same
+    command again with ``resume=True`` (``--resume``): runs already trained to their steps are kept
+    as they are, a run with a checkpoint continues from its newest one, and runs that never saved a
+    checkpoint (or never started) start from the beginning. Each run folder must hold the run the
+    sweep puts there (same preset, grid values and seed), else it is an error. Without ``resume`` a
+    sweep folder whose runs hold checkpoints is an error (nothing is overwritten).
+    ``names``: a function of a run's values giving its folder name (see :func:`expand`).
 
     ``mode``: ``vmap`` (all models in one vmapped step), ``sequential`` (one after another), or
     ``auto``: vmap on a GPU, sequential on the CPU, where the vmapped step is the slower one
@@ -183,20 +202,31 @@ def sweep(preset_or_config, grid=None, seeds=None, *, overrides=None, steps: int
         if key in given:
             raise VaelabError(f"{key} is both in --grid and in {given[key]}: give its values in one place "
                               f"(the --grid values, or a single value with {given[key]})")
-    cfgs, labels, out_dir = expand(preset_or_config, grid, seeds, over, out)
+    cfgs, labels, out_dir = expand(preset_or_config, grid, seeds, over, out, names=names)
     require_folder(out_dir, "--out", "the sweep's runs")
     if resume:  # each run continues from its own saved config; only explicit overrides change it
         from ..config import read_toml
 
         resumed = []
-        for cfg in cfgs:
+        for cfg, label in zip(cfgs, labels):
             saved = Path(cfg.train.out) / "config.toml"
-            if not saved.is_file():
-                raise VaelabError(f"nothing to resume in {saved.parent}: no config.toml (start the sweep "
-                                  f"without --resume)")
+            if not saved.is_file():  # never started, or stopped before it wrote its config: starts afresh
+                resumed.append(cfg)
+                continue
+            saved_cfg = read_toml(saved)
+            _check_same_run(saved_cfg, cfg, label)
             extra = {**over, "train.out": cfg.train.out}
-            resumed.append(resolve(read_toml(saved), extra))
+            resumed.append(resolve(saved_cfg, extra))
         cfgs = resumed
+    else:
+        from . import checkpoint
+
+        started = [Path(c.train.out).name for c in cfgs if checkpoint.list_checkpoints(c.train.out)]
+        if started:
+            raise VaelabError(f"{out_dir} already holds {len(started)} of this sweep's {len(cfgs)} runs with "
+                              f"checkpoints ({started[0]}{', ...' if len(started) > 1 else ''}): pass --resume to "
+                              f"continue the sweep (trained runs kept, stopped ones resumed from their checkpoints, "
+                              f"the rest started), or choose another --out")
     if any(c.train.folds for c in cfgs):
         raise VaelabError("a sweep does not run k-fold configs (train.folds); run them with `vaelab train`")
     from . import distributed
@@ -239,17 +269,54 @@ def sweep(preset_or_config, grid=None, seeds=None, *, overrides=None, steps: int
     return result
 
 
+def _check_same_run(saved: dict, cfg: Config, label: dict):
+    """A resumed sweep's run folder must hold the run the sweep puts there (preset, grid values, seed)."""
+    where = Path(cfg.train.out)
+    if saved.get("name") != cfg.name:
+        raise VaelabError(f"{where} holds a {saved.get('name')!r} run, not a {cfg.name!r} one: this is another "
+                          f"sweep's folder; choose another --out")
+    for key, value in label.items():
+        node = saved
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if not _same(node, value):
+            raise VaelabError(f"{where} holds the run with {key}={node!r}, but this sweep puts {key}="
+                              f"{value!r} there: the sweep's --grid or --seeds changed since it started; "
+                              f"continue it with the same ones, or choose another --out")
+
+
+def run_state(cfg: Config) -> int | None:
+    """The step of a run's newest checkpoint (None: no checkpoint)."""
+    from . import checkpoint
+
+    cks = checkpoint.list_checkpoints(cfg.train.out)
+    return int(cks[-1].name[len(checkpoint.PREFIX):]) if cks else None
+
+
 def train_group(cfgs: list[Config], mode: str = "auto", *, resume: bool = False, quiet: bool = False,
                 dataset=None) -> tuple[str, str | None]:
     """Train ``cfgs`` in this process: one vmapped step for all (``vmap``) or one after another.
-    Returns (the mode used, a note when vmap fell back to sequential)."""
+    Returns (the mode used, a note when vmap fell back to sequential).
+
+    ``resume``: runs whose newest checkpoint is at their ``train.steps`` are kept untouched, runs
+    with a checkpoint continue from it, the others start (see :func:`sweep`); vmapped runs are
+    grouped by the step they continue from."""
     from .trainer import Trainer, pick_device
 
     if mode == "auto":
         mode = "vmap" if pick_device(cfgs[0].train.device).type == "cuda" else "sequential"
+    starts = [run_state(c) if resume else None for c in cfgs]
+    kept = [c for c, s in zip(cfgs, starts) if s is not None and s >= c.train.steps]
+    todo = [(c, s) for c, s in zip(cfgs, starts) if s is None or s < c.train.steps]
+    if resume and not quiet:
+        n_resumed = sum(s is not None for _, s in todo)
+        print(f"sweep: {len(kept)} run(s) already trained (kept), {n_resumed} resumed from a checkpoint, "
+              f"{len(todo) - n_resumed} started")
     note = None
+    if not todo:
+        return mode, note
     if mode == "vmap":
-        problem = vmap_problem(cfgs)
+        problem = vmap_problem([c for c, _ in todo])
         if problem:
             mode = "sequential"
             note = f"sweep: {problem}; training the runs one after another (--mode sequential)"
@@ -257,25 +324,30 @@ def train_group(cfgs: list[Config], mode: str = "auto", *, resume: bool = False,
                 print(note)
     if mode == "sequential":
         datasets: dict[str, object] = {}  # one copy per distinct [data] table (and device)
-        for cfg in cfgs:
+        for cfg, start in todo:
             key = json.dumps([dataclasses.asdict(cfg.data), cfg.train.device], sort_keys=True, default=str)
             if key not in datasets:
                 datasets[key] = _shared_dataset([cfg], dataset, None)
-            tr = Trainer(cfg, run_dir=Path(cfg.train.out), resume=resume, quiet=quiet, dataset=datasets[key])
+            tr = Trainer(cfg, run_dir=Path(cfg.train.out), resume=start is not None, quiet=quiet,
+                         dataset=datasets[key])
             tr.fit()
         return mode, note
 
-    ds = _shared_dataset(cfgs, dataset, None)
-    trainers = []
-    for cfg in cfgs:
-        tr = Trainer(cfg, run_dir=Path(cfg.train.out), resume=resume, quiet=True, dataset=ds)
-        # the RNG state the trainer alone would draw its training noise from (after building the
-        # model, or restored from its checkpoint)
-        tr._sweep_cpu_rng = torch.get_rng_state()
-        tr._sweep_dev_rng = (torch.cuda.get_rng_state(tr.device) if tr.device.type == "cuda"
-                             else torch.get_rng_state())
-        trainers.append(tr)
-    VmapSweep(trainers, quiet=quiet).fit()
+    ds = _shared_dataset([c for c, _ in todo], dataset, None)
+    buckets: dict[int, list] = {}  # the runs continuing from one step share one vmapped step
+    for cfg, start in todo:
+        buckets.setdefault(-1 if start is None else start, []).append(cfg)
+    for start in sorted(buckets, reverse=True):  # the furthest along first
+        trainers = []
+        for cfg in buckets[start]:
+            tr = Trainer(cfg, run_dir=Path(cfg.train.out), resume=start >= 0, quiet=True, dataset=ds)
+            # the RNG state the trainer alone would draw its training noise from (after building the
+            # model, or restored from its checkpoint)
+            tr._sweep_cpu_rng = torch.get_rng_state()
+            tr._sweep_dev_rng = (torch.cuda.get_rng_state(tr.device) if tr.device.type == "cuda"
+                                 else torch.get_rng_state())
+            trainers.append(tr)
+        VmapSweep(trainers, quiet=quiet).fit()
     return mode, note
 
 

@@ -5,12 +5,18 @@ Read it top to bottom: set up (data, model, optimisers, sampler, resume), then t
 bookkeeping (log, validate, images, checkpoint). The iteration itself has static shapes and no
 host syncs: values are read on log steps only; non-finite terms are caught on the device (the
 first bad step per term is recorded without a sync) and reported exactly on the next read.
+
+Nothing is lost, whatever happens: Ctrl-C and SIGTERM are acted on between two iterations only
+(a checkpoint of a consistent state, then stop); a checkpoint is written only when every tensor is
+finite; a failed write (a full disk) is one line that names the intact checkpoint; the run folder
+is locked while it is written, and only a new, empty or vaelab folder is written (training/lock.py).
 """
 from __future__ import annotations
 
 import math
 import signal
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,9 +25,10 @@ import torch
 
 from ..config import Config, resolve
 from ..data.views import show, torch_generator
-from ..errors import VaelabError
+from ..errors import VaelabError, naming
 from ..paths import require_folder
 from . import checkpoint, distributed
+from .lock import claim_folder
 from .logger import RunLogger
 from .sampler import BatchSampler
 
@@ -34,9 +41,19 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise VaelabError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
     try:
-        return torch.device(name)
-    except RuntimeError:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
         raise VaelabError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise VaelabError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise VaelabError(f"device {name!r} requested but MPS (Apple GPUs) is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda"):
+        raise VaelabError(f"device {name!r} cannot train or run a model; use auto, cpu, cuda or cuda:N")
+    return dev
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -63,24 +80,68 @@ class _NoLogger:
         pass
 
 
+#: how the Python API and the command line name the arguments the trainer's errors mention
+RUN_DIR = ("run_dir", "--out")
+RESUME = ("resume=True", "--resume")
+
+
+def _resume_from(step: int):
+    return (f"resume=True, resume_step={step}", f"--resume --step {step}")
+
+
+class RunWarning(UserWarning):
+    """A run folder needed repair (shown as one ``vaelab: warning:`` line)."""
+
+
 def _scalar_terms(terms: dict) -> dict:
     return {k: v for k, v in terms.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
 
 
+class Interrupted(KeyboardInterrupt):
+    """Raised between two iterations once a stop was asked for (a loop that saved what it had first)."""
+
+
+class StopRequest:
+    """Set by SIGINT (Ctrl-C) or SIGTERM (cluster pre-emption) while training; the loop reads it between
+    two iterations, so a stop never lands inside one (see :func:`deferred_interrupts`)."""
+
+    def __init__(self):
+        self.signal: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signal).name if self.signal is not None else ""
+
+
 @contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (cluster pre-emption) ends training like Ctrl-C: checkpoint, then stop."""
+def deferred_interrupts():
+    """Within the block, SIGINT and SIGTERM only set the yielded :class:`StopRequest`: the loop stops at
+    the top of its next iteration and saves a checkpoint in which step, weights, optimiser moments,
+    sampler position and RNG all agree. The same signal a second time stops at once (KeyboardInterrupt,
+    no checkpoint of that moment; the ones on disk stay complete). The previous handlers come back
+    afterwards. Outside the main thread signals cannot be caught: the block runs unchanged."""
+    stop = StopRequest()
+
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        if stop.signal == signum:
+            raise KeyboardInterrupt
+        stop.signal = signum
+
+    old = {}
     try:
-        old = signal.signal(signal.SIGTERM, handler)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, handler)
     except ValueError:  # not the main thread
-        yield
-        return
+        pass
     try:
-        yield
+        yield stop
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, prev in old.items():
+            signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
 
 
 class Trainer:
@@ -92,7 +153,20 @@ class Trainer:
 
     def __init__(self, cfg: Config, *, run_dir: Path | None = None, resume: bool = False,
                  quiet: bool = False, dataset=None, train_indices=None, val_indices=None,
-                 dist: distributed.Context | None = None):
+                 dist: distributed.Context | None = None, resume_step: int | None = None):
+        """``resume_step``: with ``resume``, continue from the checkpoint at that step instead of the
+        newest (the newer ones are moved to ``checkpoints/set-aside-<time>/``, not deleted). Rank 0
+        holds the run folder's lock (training/lock.py) from here until :meth:`close`."""
+        self._lock = None
+        try:
+            self._setup(cfg, run_dir=run_dir, resume=resume, quiet=quiet, dataset=dataset,
+                        train_indices=train_indices, val_indices=val_indices, dist=dist, resume_step=resume_step)
+        except BaseException:
+            self.release()
+            raise
+
+    def _setup(self, cfg: Config, *, run_dir, resume, quiet, dataset, train_indices, val_indices, dist,
+               resume_step):
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
         self.dist = dist or distributed.Context()
@@ -102,14 +176,20 @@ class Trainer:
         self._own_group = distributed.setup(self.dist, self.device)
         tc = cfg.train
 
-        require_folder(self.run_dir, "--out", "the run")
+        require_folder(self.run_dir, RUN_DIR, "the run")
+        if self.main and self.run_dir.exists():  # a folder not vaelab's, or written by another process: refused
+            self._lock = claim_folder(self.run_dir, "the run", RUN_DIR)
         # ---- resume: `cfg` is the run's saved config plus the caller's explicit overrides (see train())
         ck_state = None
         if resume:
-            ck_tensors, ck_state = checkpoint.load(checkpoint.find(self.run_dir))
+            ck_path = checkpoint.find(self.run_dir, resume_step)
+            ck_tensors, ck_state = checkpoint.load(ck_path)
+            if "imported" in ck_state:  # `vaelab import`: weights only, no optimiser or sampler state
+                raise VaelabError(f"{self.run_dir} holds a model imported from {ck_state['imported'].get('format')}: "
+                                  f"its weights only, nothing to resume training from; train a new run instead")
         elif checkpoint.list_checkpoints(self.run_dir):
-            raise VaelabError(f"{self.run_dir} already holds a run with checkpoints; pass --resume to continue "
-                              f"it, or choose another --out")
+            raise naming("{run} already holds a run with checkpoints; pass {resume} to continue it, or choose "
+                         "another {out}", run=str(self.run_dir), resume=RESUME, out=RUN_DIR)
 
         # ---- data
         self.dataset = dataset if dataset is not None else load_dataset(cfg)
@@ -124,8 +204,14 @@ class Trainer:
         self.train_indices = torch.as_tensor(np.asarray(train_indices), dtype=torch.int64)
         self.val_indices = None if val_indices is None else torch.as_tensor(np.asarray(val_indices), dtype=torch.int64)
         if tc.epochs > 0:
-            tc.steps = int(tc.epochs * (len(self.train_indices) // tc.batch_size))
+            per_epoch = len(self.train_indices) // tc.batch_size
+            tc.steps = int(tc.epochs * per_epoch)
+            if tc.steps < 1:
+                raise VaelabError(f"train.epochs = {tc.epochs:g} gives no iteration ({len(self.train_indices):,} "
+                                  f"training images, {per_epoch:,} batches of {tc.batch_size} per epoch): give "
+                                  f"more epochs, or train.steps")
             tc.epochs = 0.0  # resolved: the saved config holds the step count
+        tc.validate()  # the config saved with the run must read back valid
 
         # ---- model and optimisers
         from ..models import build_model
@@ -161,20 +247,98 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0
         if ck_state is not None:
-            self._restore(ck_tensors, ck_state)
-        elif self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self._restore(ck_tensors, ck_state)
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+                raise VaelabError(f"checkpoint {ck_path} is corrupt (its state.json does not fit: "
+                                  f"{type(e).__name__}: {str(e)[:120]})") from None
+        if self.main:
+            if self._lock is None:  # a new folder: made only now that config, data and model are good
+                self._lock = claim_folder(self.run_dir, "the run", RUN_DIR)
+            if ck_state is None and checkpoint.list_checkpoints(self.run_dir):  # a run started meanwhile
+                raise naming("{run} already holds a run with checkpoints; pass {resume} to continue it, or "
+                             "choose another {out}", run=str(self.run_dir), resume=RESUME, out=RUN_DIR)
+            if ck_state is not None:
+                self._set_aside_newer(self.step)
         if self.dist.active:  # every rank from rank 0's weights; ranks >= 1 draw their own noise
             self.dist.broadcast_module(self.model)
             if not self.main:
                 torch.manual_seed(distributed.noise_seed(tc.seed, self.dist.rank, self.step))
         if self.main:
-            (self.run_dir / "config.toml").write_text(self.cfg.to_toml())
+            from ..data.prepare import atomic_write_bytes
+
+            try:
+                atomic_write_bytes(self.run_dir / "config.toml", self.cfg.to_toml().encode())
+            except OSError as e:
+                raise VaelabError(f"cannot write {self.run_dir / 'config.toml'}: {checkpoint.disk_error_text(e)}") from None
         self._bad_steps = None  # per-term first non-finite step, on the device
         self._term_names: list[str] = []
         self.last_checkpoint: Path | None = None
         self.step_fn = None
         self._picture_idx: torch.Tensor | None = None  # the images of the training pictures (save_images)
+
+    # ------------------------------------------------------------------ the run folder
+    def release(self):
+        """Release the run folder's lock (another process may then write it)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _set_aside_newer(self, step: int):
+        """Resuming from an older checkpoint: the newer ones (another history) are moved, not deleted, to
+        ``checkpoints/set-aside-<time>/`` with a copy of metrics.jsonl, so neither they nor their rotation
+        mix with the new history."""
+        import datetime as _dt
+        import shutil
+
+        newer = [p for p in checkpoint.list_checkpoints(self.run_dir) if checkpoint.step_of(p.name) > step]
+        if not newer:
+            return
+        dest = self.run_dir / "checkpoints" / f"set-aside-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        try:
+            dest.mkdir()
+            for p in newer:
+                p.rename(dest / p.name)
+            if (self.run_dir / "metrics.jsonl").is_file():
+                shutil.copy2(self.run_dir / "metrics.jsonl", dest / "metrics.jsonl")
+        except OSError as e:
+            raise VaelabError(f"cannot set the checkpoints after step {step} aside in {dest}: "
+                              f"{checkpoint.disk_error_text(e)}") from None
+        if not self.quiet:
+            print(f"resume from step {step}: the {len(newer)} newer checkpoint(s) and the metrics so far are "
+                  f"kept in {dest}")
+
+    def _newest_checkpoint_text(self) -> str:
+        try:
+            cks = checkpoint.list_checkpoints(self.run_dir)
+        except OSError:
+            cks = []
+        return f"the newest checkpoint is {cks[-1]}" if cks else "no checkpoint has been saved"
+
+    def _last_finite(self):
+        """(text, how to resume from it) for the newest checkpoint: every checkpoint was checked finite."""
+        try:
+            cks = checkpoint.list_checkpoints(self.run_dir)
+        except OSError:
+            cks = []
+        if not cks:
+            return "no checkpoint was saved before it", ("", "")
+        s = checkpoint.step_of(cks[-1].name)
+        how = _resume_from(s)
+        return f"the last finite checkpoint is {cks[-1]}", (f"; continue from it with {how[0]}",
+                                                            f"; continue from it with {how[1]}")
+
+    def _io_error(self, e: OSError) -> VaelabError:
+        where = e.filename if e.filename is not None else self.run_dir
+        return naming("training stopped at step {step}: cannot write {where}: {why}; {kept}; make room (or raise "
+                      "the limit) and continue with {resume}", step=self.step, where=str(where),
+                      why=checkpoint.disk_error_text(e), kept=self._newest_checkpoint_text(), resume=RESUME)
+
+    def _close_logger(self):
+        try:
+            self.logger.close()
+        except Exception:  # a full disk: the error that stopped the run is the one to report
+            pass
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> tuple[dict, dict]:
@@ -215,8 +379,14 @@ class Trainer:
         if not self.main:
             return None
         tensors, state = self._state()
-        self.last_checkpoint = checkpoint.save(self.run_dir, self.step, tensors, state,
-                                               keep=self.cfg.train.keep_checkpoints)
+        try:
+            self.last_checkpoint = checkpoint.save(self.run_dir, self.step, tensors, state,
+                                                   keep=self.cfg.train.keep_checkpoints)
+        except checkpoint.NonFinite as e:  # finite terms, but a weight, buffer or Adam moment is not
+            where, how = self._last_finite()
+            raise naming("non-finite value in tensor {name!r} at step {step}: training stopped; {where}{how} "
+                         "(lower the learning rate or check the data)", name=e.name, step=self.step,
+                         where=where, how=how) from None
         return self.last_checkpoint
 
     # ------------------------------------------------------------------ finite checks
@@ -235,10 +405,9 @@ class Trainer:
         hits = [(s, name) for s, name in zip(bad, self._term_names) if s >= 0]
         if hits:
             s, name = min(hits)
-            where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
-                     else "no checkpoint was saved before it")
-            raise VaelabError(f"non-finite value in term {name!r} at step {s + 1}: training stopped; {where} "
-                              f"(lower the learning rate or check the data)")
+            where, how = self._last_finite()
+            raise naming("non-finite value in term {name!r} at step {step}: training stopped; {where}{how} "
+                         "(lower the learning rate or check the data)", name=name, step=s + 1, where=where, how=how)
 
     # ------------------------------------------------------------------ lr schedules
     def _set_lrs(self):
@@ -307,14 +476,29 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> "Path":
+        """Train to ``train.steps``; returns the run folder. The folder's lock, held since the trainer
+        was made, is released when fit returns or raises (taken again by another call to fit)."""
+        if self.main and self._lock is None:
+            self._lock = claim_folder(self.run_dir, "the run", RUN_DIR)
+        try:
+            return self._fit()
+        finally:
+            self.release()
+
+    def _fit(self) -> "Path":
         from tqdm.auto import tqdm
+
+        from ..data.prepare import quiet as bars_off  # VAELAB_QUIET, or stderr not a terminal
 
         tc = self.cfg.train
         if self.step >= tc.steps and not self.quiet:  # a resumed run already there: say so, change nothing
             print(f"{self.run_dir}: already at step {self.step} (>= train.steps {tc.steps}); nothing to train "
                   f"(--steps N continues it to N)")
-        self.logger = (RunLogger(self.run_dir, tensorboard=tc.tensorboard, upto=self.step) if self.main
-                       else _NoLogger())
+        try:
+            self.logger = (RunLogger(self.run_dir, tensorboard=tc.tensorboard, upto=self.step) if self.main
+                           else _NoLogger())
+        except OSError as e:
+            raise self._io_error(e) from None
         if self.step_fn is None:  # built after _restore: a captured graph holds the optimiser state's tensors
             from .fast import make_step
 
@@ -328,14 +512,18 @@ class Trainer:
             if self.step_fn.note and not self.quiet:
                 print(self.step_fn.note)
         step_t = self.step_fn.step_t
-        bar = tqdm(total=tc.steps, initial=self.step, disable=self.quiet, unit="it", dynamic_ncols=True,
-                   desc=self.run_dir.name)
+        bar = tqdm(total=tc.steps, initial=self.step, disable=self.quiet or bars_off(), unit="it",
+                   dynamic_ncols=True, desc=self.run_dir.name)
         t_last, s_last = time.perf_counter(), self.step
         last_terms = None
+        stopped = None  # the signal that asked for a stop (acted on between two iterations)
         self.model.train()
         try:
-            with _sigterm_as_interrupt():
+            with deferred_interrupts() as stop:
                 while self.step < tc.steps:
+                    if self._stop_requested(stop):
+                        stopped = stop.name or "SIGINT"
+                        break
                     self._set_lrs()
                     step_t.fill_(self.step)
                     terms = self.step_fn(step_t)  # one whole iteration (eager, compiled or a graph replay)
@@ -360,27 +548,50 @@ class Trainer:
                         self.save_images()
                     if (tc.checkpoint_every and self.step % tc.checkpoint_every == 0) or done:
                         self.save_checkpoint()
-                if last_terms is None:  # nothing left to do (resumed a finished run)
+                if stopped is not None:  # between two iterations: step, weights, moments, sampler, RNG agree
+                    bar.close()
+                    ck = self.save_checkpoint() if self.step > 0 else None
+                    if not self.quiet:
+                        print(f"interrupted ({stopped}) at step {self.step}: "
+                              f"{f'checkpoint {ck}' if ck else 'no checkpoint'}; continue with --resume")
+                elif last_terms is None:  # nothing left to do (resumed a finished run)
                     self.save_checkpoint()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # the same signal twice: stopped at once, mid-iteration: nothing saved now
             bar.close()
-            if self.step > 0 and self.main:
-                ck = self.save_checkpoint()
-                if not self.quiet:
-                    print(f"interrupted at step {self.step}: checkpoint {ck}; continue with --resume")
-            self.logger.close()
+            self._close_logger()
+            if not self.quiet and self.main:
+                print(f"stopped at once: {self._newest_checkpoint_text()}; continue with --resume")
             raise
         except VaelabError:
             bar.close()
-            self.logger.close()
+            self._close_logger()
             raise
+        except OSError as e:  # a full disk or a file-size limit: one line, the checkpoints on disk intact
+            bar.close()
+            self._close_logger()
+            raise self._io_error(e) from None
         bar.close()
-        self.logger.close()
+        try:
+            self.logger.close()
+        except OSError as e:
+            raise self._io_error(e) from None
+        if stopped is not None:
+            raise Interrupted
         self.dist.barrier()  # the other ranks return once rank 0's last checkpoint is written
         return self.run_dir
 
+    def _stop_requested(self, stop: StopRequest) -> bool:
+        """Whether to stop before this iteration. Under torchrun the ranks agree at log steps (one
+        all-reduce there), so all of them stop after the same iteration."""
+        if not self.dist.active:
+            return stop.requested
+        if self.step % self.cfg.train.log_every:
+            return False
+        return self.dist.any_rank(stop.requested, self.device)
+
     def close(self):
-        """Leave the process group this trainer joined (torchrun); nothing to do alone."""
+        """Release the run folder's lock; leave the process group this trainer joined (torchrun)."""
+        self.release()
         distributed.teardown(self._own_group)
         self._own_group = False
 
@@ -408,15 +619,50 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- entry points
+def _saved_config(run_dir: Path, step: int | None) -> dict:
+    """The config a resumed run continues with: its config.toml, or, when that is missing, empty or
+    damaged, the config saved in the checkpoint it resumes from (every checkpoint holds one)."""
+    from ..config import read_toml
+
+    path = run_dir / "config.toml"
+    problem = f"{path} is missing"
+    if path.is_file():
+        try:
+            saved = read_toml(path)
+            if isinstance(saved.get("model"), dict) and isinstance(saved.get("train"), dict):
+                resolve(saved)
+                return saved
+            problem = f"{path} is empty or not a vaelab config"
+        except VaelabError as e:
+            problem = f"{path} is damaged ({str(e)[:160]})"
+    if not checkpoint.list_checkpoints(run_dir):
+        if not path.is_file():
+            raise naming("nothing to resume in {run}: no config.toml (start the run without {resume})",
+                         run=str(run_dir), resume=RESUME)
+        raise VaelabError(f"cannot resume {run_dir}: {problem}, and there is no checkpoint to take the config from")
+    ck = checkpoint.find(run_dir, step)
+    _, state = checkpoint.load(ck)
+    cfg = state.get("config")
+    if not isinstance(cfg, dict):
+        raise VaelabError(f"cannot resume {run_dir}: {problem}, and checkpoint {ck} holds no config")
+    warnings.warn(f"{problem}: resuming with the config saved in {ck} (config.toml is written again)", RunWarning)
+    return cfg
+
+
 def train(preset_or_config=None, *, overrides=None, resume: bool = False, quiet: bool = False,
-          run_dir=None, **kwargs):
+          run_dir=None, resume_step: int | None = None, **kwargs):
     """Train a model; returns the :class:`~vaelab.training.run.Run` (or a fold summary).
 
     ``preset_or_config``: a preset name, a TOML path, a dict or a Config (default: ``quickstart``;
     with ``resume``, the run's own config, and a name given must be the run's). ``overrides``: dotted
     ``{"model.beta": 4}`` or ``["model.beta=4"]``; keyword arguments are shorthand for train.*
-    keys (``steps=100, seed=1, device="cpu"``)."""
+    keys (``steps=100, seed=1, device="cpu"``). ``resume_step``: with ``resume``, continue from the
+    checkpoint at that step rather than the newest (the newer checkpoints are set aside, not deleted)."""
     from .run import load_run
+
+    if resume_step is not None and not resume:
+        raise naming("{step} picks the checkpoint to resume from: it needs {resume}",
+                     step=("resume_step", "--step"), resume=RESUME)
 
     over = {}
     if overrides:
@@ -433,17 +679,15 @@ def train(preset_or_config=None, *, overrides=None, resume: bool = False, quiet:
     if "train.steps" in over and "train.epochs" not in over:
         over["train.epochs"] = 0.0  # an explicit length wins over a preset's epoch count
     if resume:  # continue from the run's own config; only explicit overrides change it
-        from ..config import read_toml
-
         base_dir = (Path(run_dir) if run_dir is not None
                     else default_run_dir(resolve(preset_or_config or "quickstart")))
-        if not (base_dir / "config.toml").is_file():
-            raise VaelabError(f"nothing to resume in {base_dir}: no config.toml (start the run without --resume)")
-        saved = read_toml(base_dir / "config.toml")
+        saved = _saved_config(base_dir, resume_step)
         asked = resolve(preset_or_config).name if isinstance(preset_or_config, str) else None
         if asked is not None and asked != saved.get("name"):
-            raise VaelabError(f"{base_dir} holds a {saved.get('name')!r} run, not {asked!r}: resume it with "
-                              f"`vaelab train {saved.get('name')} --resume --out {base_dir}`")
+            raise naming("{run} holds a {saved!r} run, not {asked!r}: resume it with {how}", run=str(base_dir),
+                         saved=saved.get("name"), asked=asked,
+                         how=(f"vaelab.train({saved.get('name')!r}, resume=True, run_dir={str(base_dir)!r})",
+                              f"`vaelab train {saved.get('name')} --resume --out {base_dir}`"))
         preset_or_config = saved
         over["train.out"] = str(base_dir)
         over.pop("train.epochs", None)
@@ -458,13 +702,16 @@ def train(preset_or_config=None, *, overrides=None, resume: bool = False, quiet:
         if changed:
             print(f"resume: changed from the saved config: {'; '.join(changed)}")
     if cfg.train.folds:
+        if resume_step is not None:
+            raise naming("{step} is for one run; a k-fold run resumes each fold from its newest checkpoint",
+                         step=("resume_step", "--step"))
         if ctx.active:
             raise VaelabError("k-fold cross-validation (train.folds) does not run under torchrun; "
                               "run it in one process")
         from .folds import run_folds
 
         return run_folds(cfg, quiet=quiet, resume=resume)
-    trainer = Trainer(cfg, resume=resume, quiet=quiet, dist=ctx)
+    trainer = Trainer(cfg, resume=resume, quiet=quiet, dist=ctx, resume_step=resume_step)
     try:
         path = trainer.fit()
     finally:

@@ -4,12 +4,14 @@ One :class:`~vaelab.training.trainer.Trainer` per run does the set-up and the bo
 logging, validation, images, checkpoints); the M models' parameters are stacked, and one step trains
 all of them: ``torch.func.vmap`` over ``grad`` of ``functional_call(model.loss)`` with the stacked
 parameters (``randomness="different"``). Hyperparameters that differ across the sweep (β, γ, C_max,
-...: :data:`TENSOR_KEYS`) enter the vmapped loss as per-model tensors. Each model keeps its own data
-order (its own sampler and seed, as alone), its own noise (its own generator, started from the state
-the trainer alone would have after building the model, drawn in the same order — a dataset view's
-image noise first, then the model's: so a vmapped model matches a model trained alone up to float
-rounding) and its own Adam state. FactorVAE's two-optimiser iteration runs as three vmapped calls
-(VAE gradient, second-batch codes, discriminator gradient) with the VAE step in between (SPEC 3.4
+...: the objective's ``sweep_keys``) enter the vmapped loss as per-model tensors. Each model keeps its
+own data order (its own sampler and seed, as alone), its own noise (its own generator, started from the
+state the trainer alone would have after building the model, drawn in the order the objective's
+``step_noise`` lists — a dataset view's image noise first, then the model's: so a vmapped model matches
+a model trained alone up to float rounding) and its own Adam state. The objective's ``vmapped_update``
+says what one iteration is, with :meth:`VmapSweep.grad`, :meth:`VmapSweep.call` and
+:meth:`VmapSweep.optimizer_step`: one gradient of ``loss`` (the default), or FactorVAE's three vmapped
+calls (VAE gradient, second-batch codes, discriminator gradient) with the VAE step in between (SPEC 3.4
 order).
 
 Adam on stacked tensors: Adam is elementwise, so one Adam over the stacked ``M × ...`` parameters
@@ -32,33 +34,27 @@ from torch import nn
 
 from ..config import Config
 from ..errors import VaelabError
-from .trainer import _sigterm_as_interrupt
+from .trainer import Interrupted, deferred_interrupts
 
-__all__ = ["TENSOR_KEYS", "vmap_problem", "StackedAdam", "VmapSweep"]
+__all__ = ["vmap_problem", "StackedAdam", "VmapSweep"]
 
-#: [model] keys that may differ across a vmapped sweep: they are plain arithmetic in the loss, so
-#: they enter it as per-model tensors. Anything else that differs (net, latent_dim, likelihood,
-#: variance, c_steps, estimator, ...) changes the computation's structure: use mode "sequential".
-TENSOR_KEYS: dict[str, tuple[str, ...]] = {
-    "vae": (),
-    "betavae": ("beta",),
-    "annealedvae": ("gamma", "c_max", "c_start"),
-    "btcvae": ("alpha", "beta", "gamma"),
-    "dipvae": ("lambda_od", "lambda_d_factor"),
-    "factorvae": ("gamma",),
-}
-
+# [model] keys that may differ across a vmapped sweep: the objective's sweep_keys (plain arithmetic in the
+# loss, entered as per-model tensors). Anything else that differs (net, latent_dim, likelihood, variance,
+# c_steps, estimator, ...) changes the computation's structure: use mode "sequential".
 _TRAIN_MAY_DIFFER = ("seed", "out")
 
 
 # ---------------------------------------------------------------------------------------- which sweeps vmap
 def vmap_problem(cfgs: list[Config]) -> str | None:
     """Why these configs cannot share one vmapped step (None when they can)."""
+    from ..models import objective_class
+
     first = cfgs[0]
-    objective = first.model["objective"]
-    if objective not in TENSOR_KEYS:
-        return f"{objective} has no vmapped step yet"
-    allowed = set(TENSOR_KEYS[objective])
+    cls = objective_class(first.model["objective"])
+    problem = cls.vmap_problem()
+    if problem is not None:
+        return problem
+    allowed = set(cls.sweep_keys)
     for cfg in cfgs[1:]:
         for key in sorted(set(first.model) | set(cfg.model)):
             if key not in allowed and first.model.get(key) != cfg.model.get(key):
@@ -147,25 +143,36 @@ class _Call(nn.Module):
 
 
 @contextmanager
-def _injected(model, hparams: dict, normals: list, uniform=None):
-    """Per-model hyperparameters as tensors and per-model noise (drawn outside vmap) in the model."""
-    from ..models import factorvae as fv
-
+def _injected(model, hparams: dict, noise: list):
+    """Per-model hyperparameters as tensors and per-model noise (drawn outside vmap, in the order of the
+    model's ``step_noise``) in the model: its ``reparameterize`` and ``draw`` take the next noise tensor."""
     saved = {k: model.__dict__[k] for k in hparams}
-    feed = iter(normals)
+    feed = iter(noise)
+
+    def fed(what, shape):
+        t = next(feed, None)
+        if t is None or tuple(t.shape) != tuple(shape):
+            raise VaelabError(f"{model.objective}: the vmapped step drew {what} of shape {tuple(shape)} where "
+                              f"step_noise lists {'nothing more' if t is None else tuple(t.shape)}; list every "
+                              f"draw of one iteration in step_noise, in order")
+        return t
+
+    def reparameterize(mu, logvar):
+        return mu + torch.exp(0.5 * logvar) * fed("a posterior sample", mu.shape)
+
+    def draw(kind, shape, device=None):
+        return fed(f"{kind} noise", shape)
+
     try:
         for k, v in hparams.items():
             model.__dict__[k] = v
-        model.__dict__["reparameterize"] = lambda mu, logvar: mu + torch.exp(0.5 * logvar) * next(feed)
-        if uniform is not None:
-            saved_perm = fv.permute_dims
-            fv.permute_dims = lambda z, generator=None: torch.gather(z, 0, uniform.argsort(dim=0))
+        model.__dict__["reparameterize"] = reparameterize
+        model.__dict__["draw"] = draw
         yield
     finally:
         model.__dict__.update(saved)
         model.__dict__.pop("reparameterize", None)
-        if uniform is not None:
-            fv.permute_dims = saved_perm
+        model.__dict__.pop("draw", None)
 
 
 class VmapSweep:
@@ -186,7 +193,10 @@ class VmapSweep:
                               f"with `vaelab train --resume` or use --mode sequential")
         self.step = steps.pop()
         self.objective = self.cfg.model["objective"]
-        self.tensor_keys = [k for k in TENSOR_KEYS[self.objective]
+        problem = tr0.model.vmap_problem()
+        if problem is not None:
+            raise VaelabError(f"{problem}; use --mode sequential")
+        self.tensor_keys = [k for k in type(tr0.model).sweep_keys
                             if len({repr(tr.cfg.model[k]) for tr in trainers}) > 1]
         dev = self.device
         # per-model noise generators: the state each trainer alone would draw its noise from
@@ -199,8 +209,7 @@ class VmapSweep:
 
         # the template: a copy whose parameters are swapped for the stacked ones inside vmap
         self.template = copy.deepcopy(tr0.model)
-        self.calls = {name: _Call(self.template, name) for name in
-                      ("loss", "_vae_terms", "_second_codes", "_disc_terms")}
+        self.calls: dict[str, _Call] = {}  # method name -> the module functional_call calls
         groups0 = tr0.model.param_groups()
         pname = {id(p): n for n, p in tr0.model.named_parameters()}
         self.groups = {g: [pname[id(p)] for p in ps] for g, ps in groups0.items()}
@@ -226,6 +235,7 @@ class VmapSweep:
         if any(tr.sampler.images is not self.images for tr in trainers):
             raise VaelabError("the sweep's trainers must share one dataset")
         self._vmap, self._grad = vmap, grad
+        self.noise: list[torch.Tensor] = []  # this iteration's noise, M×... per entry of step_noise
         self.first_bad = None
         self.term_names: list[str] = []
 
@@ -284,86 +294,73 @@ class VmapSweep:
             x = torch.stack([self.view(x[k], generator=g) for k, g in enumerate(self.generators)])
         return x.to(self.device, non_blocking=True).float().div_(255.0)
 
-    def _noise(self):
-        """Per model, in the order the model alone draws it: randn (z₁) [, randn (z₂)] [, rand (perm)]."""
-        dev, shape = self.device, (self.b, self.d)
-        fvae = self.objective == "factorvae"
-        n_normal = 1 + (1 if fvae and self.n_batches == 2 else 0)
-        normals = [[] for _ in range(n_normal)]
-        uniform = []
+    def _noise(self) -> list[torch.Tensor]:
+        """This iteration's noise: per entry of the model's ``step_noise``, M×shape, model k's drawn from
+        its own generator in the order the model alone draws it."""
+        dev = self.device
+        plan = self.template.step_noise(self.b)
+        per_model = []
         for g in self.generators:
-            for j in range(n_normal):
-                normals[j].append(torch.randn(shape, generator=g, device=dev))
-            if fvae:
-                uniform.append(torch.rand(shape, generator=g, device=dev))
-        return [torch.stack(n) for n in normals], (torch.stack(uniform) if fvae else None)
+            draws = []
+            for kind, shape in plan:
+                if kind == "normal":
+                    draws.append(torch.randn(shape, generator=g, device=dev))
+                elif kind == "uniform":
+                    draws.append(torch.rand(shape, generator=g, device=dev))
+                else:
+                    raise VaelabError(f"{self.objective}: step_noise lists {kind!r} noise; valid: normal, uniform")
+            per_model.append(draws)
+        return [torch.stack([draws[j] for draws in per_model]) for j in range(len(plan))]
 
     # ---------------------------------------------------------------- one step
-    def _params(self, groups=None) -> dict:
+    def _params(self, groups) -> dict:
         out = {}
-        for g in (groups or self.groups):
+        for g in groups:
             out.update(self.stacked[g])
         return out
 
+    def _call(self, method: str) -> "_Call":
+        if method not in self.calls:
+            self.calls[method] = _Call(self.template, method)
+        return self.calls[method]
+
+    def grad(self, method: str, wrt, args: tuple, shared: tuple = (), noise=(), loss: str = "loss"):
+        """Per model, the gradient of ``terms[loss]`` of ``model.method(*args, *shared)`` with respect to
+        the parameters of the groups ``wrt`` (the other groups' parameters held constant), and the terms
+        detached. ``args`` are stacked (M×...), ``shared`` the same for every model, ``noise`` the entries
+        of :attr:`noise` this call draws, in order. Returns ``(grads, terms)``: grads for :meth:`optimizer_step`."""
+        wrt = [wrt] if isinstance(wrt, str) else list(wrt)
+        rest = [g for g in self.groups if g not in wrt]
+        call, template = self._call(method), self.template
+
+        def fn(p_wrt, p_rest, buffers, args, noise, hp):
+            with _injected(template, hp, list(noise)):
+                terms = torch.func.functional_call(call, {**p_wrt, **p_rest, **buffers}, (*args, *shared))
+            return terms[loss], {k: v.detach() for k, v in terms.items()}
+
+        f = self._vmap(self._grad(fn, has_aux=True), randomness="different")
+        return f(self._params(wrt), self._params(rest), self.buffers, tuple(args), list(noise), self.hparams)
+
+    def call(self, method: str, args: tuple, shared: tuple = (), noise=()):
+        """Per model, ``model.method(*args, *shared)`` without gradients (see :meth:`grad`)."""
+        call, template = self._call(method), self.template
+
+        def fn(params, buffers, args, noise, hp):
+            with _injected(template, hp, list(noise)):
+                return torch.func.functional_call(call, {**params, **buffers}, (*args, *shared))
+
+        return self._vmap(fn, randomness="different")(self._params(list(self.groups)), self.buffers, tuple(args),
+                                                      list(noise), self.hparams)
+
+    def optimizer_step(self, group: str, grads: dict):
+        """The Adam step of parameter group ``group`` for every model (``grads`` from :meth:`grad`)."""
+        self._adam_step(group, grads)
+
     def step_all(self, step_t: torch.Tensor) -> dict:
-        if self.objective == "factorvae":
-            return self._step_factorvae(step_t)
+        """One iteration of every model: the model's ``vmapped_update`` on a batch and this step's noise."""
         x = self._batch()
-        (eps,), _ = self._noise()
-        call, template = self.calls["loss"], self.template
-
-        def loss_fn(params, buffers, x, eps, hp, step):
-            with _injected(template, hp, [eps]):
-                terms = torch.func.functional_call(call, {**params, **buffers}, (x, step))
-            return terms["loss"], {k: v.detach() for k, v in terms.items()}
-
-        fn = self._vmap(self._grad(loss_fn, has_aux=True), in_dims=(0, 0, 0, 0, 0, None), randomness="different")
-        grads, terms = fn(self._params(), self.buffers, x, eps, self.hparams, step_t)
-        (g,) = self.groups
-        self._adam_step(g, grads)
-        return terms
-
-    def _step_factorvae(self, step_t):
-        x = self._batch()
-        normals, uniform = self._noise()
-        b = self.b
-        x1, x2 = (x[:, :b], x[:, b:]) if self.n_batches == 2 else (x, None)
-        template, calls = self.template, self.calls
-        vmap, grad = self._vmap, self._grad
-
-        # 1. VAE step: D(z₁) with the discriminator's parameters detached (SPEC 3.4)
-        def vae_loss(pv, pd, buffers, x1, eps, hp):
-            with _injected(template, hp, [eps]):
-                t = torch.func.functional_call(calls["_vae_terms"], {**pv, **pd, **buffers}, (x1,))
-            z = t.pop("z")
-            return t["loss"], ({k: v.detach() for k, v in t.items()}, z.detach())
-
-        fn = vmap(grad(vae_loss, has_aux=True), in_dims=(0, 0, 0, 0, 0, 0), randomness="different")
-        g_vae, (terms, z1) = fn(self._params(["vae"]), self._params(["disc"]), self.buffers, x1, normals[0],
-                                self.hparams)
-        self._adam_step("vae", g_vae)
-
-        # 2. second-batch codes, encoded after the VAE step with sampling, no gradient
-        if x2 is not None:
-            def codes(pv, buffers, x2, z1, eps):
-                with _injected(template, {}, [eps]):
-                    return torch.func.functional_call(calls["_second_codes"], {**pv, **buffers}, (x2, z1))
-
-            z2 = vmap(codes, randomness="different")(self._params(["vae"]), self.buffers, x2, z1, normals[1])
-        else:
-            z2 = z1
-
-        # 3. discriminator step on z₁ (detached) and the permuted z₂
-        def disc_loss(pd, z1, z2, u):
-            with _injected(template, {}, [], uniform=u):
-                d = torch.func.functional_call(calls["_disc_terms"], pd, (z1, z2))
-            return d["disc_loss"], {k: v.detach() for k, v in d.items()}
-
-        fn = vmap(grad(disc_loss, has_aux=True), randomness="different")
-        g_disc, d_terms = fn(self._params(["disc"]), z1, z2, uniform)
-        self._adam_step("disc", g_disc)
-        terms.update(d_terms)
-        return terms
+        self.noise = self._noise()
+        return self.template.vmapped_update(self, x, step_t)
 
     # ---------------------------------------------------------------- bookkeeping
     def _track(self, terms, step_t):
@@ -406,10 +403,12 @@ class VmapSweep:
             try:
                 fn(k, tr)
             except VaelabError as e:
-                raise VaelabError(f"{tr.run_dir.name}: {e}") from None
+                raise e.prefixed(f"{tr.run_dir.name}: ") from None
 
     def fit(self) -> list[Path]:
         from tqdm.auto import tqdm
+
+        from ..data.prepare import quiet as bars_off  # VAELAB_QUIET, or stderr not a terminal
 
         from .logger import RunLogger
 
@@ -420,15 +419,15 @@ class VmapSweep:
             tr.model.train()
         self.template.train()
         step_t = torch.zeros((), dtype=torch.int64, device=self.device)
-        bar = tqdm(total=tc.steps, initial=self.step, disable=self.quiet, unit="it", dynamic_ncols=True,
-                   desc=f"sweep of {self.M}")
+        bar = tqdm(total=tc.steps, initial=self.step, disable=self.quiet or bars_off(), unit="it",
+                   dynamic_ncols=True, desc=f"sweep of {self.M}")
         t_last, s_last = time.perf_counter(), self.step
         try:
-            with _sigterm_as_interrupt():
+            with deferred_interrupts() as self._stop_request:
                 self._loop(tc, trainers, step_t, bar, t_last, s_last)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             bar.close()
-            if self.step > 0:
+            if self.step > 0 and isinstance(e, Interrupted):  # between two iterations (twice: at once, unsaved)
                 self._save_all()
                 if not self.quiet:
                     print(f"interrupted at step {self.step}: checkpoints saved; continue with --resume")
@@ -438,11 +437,14 @@ class VmapSweep:
             for tr in trainers:
                 if getattr(tr, "logger", None) is not None:
                     tr.logger.close()
+                tr.release()  # the run folder's lock (a trainer lives on in reference cycles)
         return [tr.run_dir for tr in trainers]
 
     def _loop(self, tc, trainers, step_t, bar, t_last, s_last):
         terms = None
         while self.step < tc.steps:
+            if self._stop_request.requested:  # Ctrl-C / SIGTERM: acted on here only, between iterations
+                raise Interrupted
             for tr in trainers:
                 tr.step = self.step
                 tr._set_lrs()

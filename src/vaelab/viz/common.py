@@ -26,8 +26,9 @@ def open_run(run, step: int | None = None, device: str = "cpu"):
 
 
 def is_ugvae(model) -> bool:
-    """UG-VAE models carry a global latent β (decode(z, beta), prior_components, global_posterior)."""
-    return hasattr(model, "global_posterior") and hasattr(model, "prior_components")
+    """Models with a global latent β besides the per-image codes, as UG-VAE (the objective declares it,
+    ``VAE.global_latent``: decode(z, beta), prior_components, global_posterior)."""
+    return bool(getattr(model, "global_latent", False))
 
 
 def to_uint8(images) -> np.ndarray:

@@ -102,7 +102,12 @@ def _save(fig, path) -> Path:
 #: kl_beta is one global latent per batch, so it is per batch (its loss adds kl_beta / batch size)
 UNITS = {**{k: "nats / image" for k in ("loss", "recon", "kl", "kl_z", "kl_d", "tc", "mi", "dwkl", "dip",
                                          "capacity")},
-         "kl_beta": "nats / batch"}
+         "kl_beta": "nats / batch",
+         # FactorVAE's discriminator: its cross-entropy per code (mean over true and permuted codes), the
+         # fraction of codes it classifies right, and the mean probability it gives "true" to each kind
+         "disc_loss": "cross-entropy (nats / code)", "disc_acc": "accuracy (fraction)",
+         "p0_real": "P(true) on true codes", "p0_perm": "P(true) on permuted codes",
+         "learning rate": "learning rate", "iterations / s": "iterations / s"}
 
 
 def _panels(scalars: dict) -> list[tuple[str, list[tuple[str, str]]]]:
@@ -181,12 +186,18 @@ def plot_latent_kl(rows: list[dict], path) -> Path | None:
             ax.set_yscale("log")
         ax.set_title(f"{key} over time", fontsize=10)
         ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel(_vector_unit(key), fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
         if d <= 16:
             ax.legend(fontsize=6, ncol=2 if d > 8 else 1, loc="upper left")
-        _bars(bx, a[-1], f"{key} at step {int(s[-1])}", cmap)
+        _bars(bx, a[-1], f"{key} at step {int(s[-1])}", cmap, ylabel=_vector_unit(key))
     return _save(fig, path)
+
+
+def _vector_unit(key: str) -> str:
+    """y label of a per-latent term (``kl_per_dim``: each latent's KL, nats per image)."""
+    return "KL (nats / image)" if key.startswith("kl") else key
 
 
 def _colours(d: int):
@@ -196,12 +207,12 @@ def _colours(d: int):
     return [cmap(j % cmap.N) for j in range(d)]
 
 
-def _bars(ax, values, title: str, colours=None):
+def _bars(ax, values, title: str, colours=None, ylabel: str = "KL (nats)"):
     d = len(values)
     ax.bar(np.arange(d), values, color=colours or "C0")
     ax.set_xticks(np.arange(d))
     ax.set_xticklabels([f"z{j}" for j in range(d)], fontsize=7 if d <= 16 else 5, rotation=0 if d <= 16 else 90)
-    ax.set_ylabel("KL (nats)", fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.tick_params(axis="y", labelsize=8)
     ax.grid(axis="y", alpha=0.3)

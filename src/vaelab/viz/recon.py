@@ -1,4 +1,4 @@
-"""Reconstructions: rows of originals, each over the row of their reconstructions (seed 000)."""
+"""Reconstructions: rows of originals, each over the row of their reconstructions (seed 000), labelled."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,8 +40,12 @@ def reconstructions(run, images_u8) -> np.ndarray:
     return to_uint8(run.model.reconstruct(x))
 
 
-def pairs_grid(originals: np.ndarray, recons: np.ndarray, per_row: int = ROW) -> np.ndarray:
-    """Rows of up to ``per_row`` originals, each directly above its reconstructions."""
+ROW_LABELS = ("data", "recon")  # written left of each row of originals and of reconstructions
+
+
+def pairs_grid(originals: np.ndarray, recons: np.ndarray, per_row: int = ROW, labels: bool = True) -> np.ndarray:
+    """Rows of up to ``per_row`` originals, each directly above its reconstructions; with ``labels`` a
+    left margin says which row is which (``data`` / ``recon``)."""
     n = len(originals)
     per_row = max(1, min(per_row, n))
     blank = np.full((1, *originals.shape[1:]), 255, np.uint8)
@@ -50,7 +54,16 @@ def pairs_grid(originals: np.ndarray, recons: np.ndarray, per_row: int = ROW) ->
         o, r = originals[a:a + per_row], recons[a:a + per_row]
         fill = np.repeat(blank, per_row - len(o), axis=0)
         cells += [o, fill, r, fill]
-    return common.grid(np.concatenate(cells), nrow=per_row)
+    g = common.grid(np.concatenate(cells), nrow=per_row)
+    if not labels:
+        return g
+    h, w = originals.shape[2:4]
+    left = max(common.text_width(t) for t in ROW_LABELS) + 6
+    texts = []
+    for i in range(2 * (-(-n // per_row))):  # row pairs: originals, then their reconstructions
+        y0, _ = common.cell_origin(i, 0, h, w)
+        texts.append((3, y0 + max(0, h // 2 - 6), ROW_LABELS[i % 2]))
+    return common.add_margins(g, left=left, texts=texts)
 
 
 def reconstruction_grid(run, n: int = DEFAULT_N, indices=None, seed: int = 0,

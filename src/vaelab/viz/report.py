@@ -14,6 +14,7 @@ import html
 import json
 import math
 import os
+import shlex
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -369,10 +370,14 @@ def _scores_section(run_dir: Path, step: int | None = None) -> str:
         out.append("<p class=note>eval.json holds no scores.</p>")
     if extra:
         out.append(f"<details><summary>more numbers</summary>{_score_table(extra, heads)}</details>")
+    notes = _below_chance_notes(data)
+    if notes:
+        out.append("".join(f"<p class=stale>{esc(n)}</p>" for n in notes))
+    out.append(_active_latents_table(data))
     factor_names = (data.get("dataset") or {}).get("factor_names") if isinstance(data.get("dataset"), dict) else None
     breakdowns = [(k, v) for k, v in data.items() if "." in k and isinstance(v, (dict, list)) and v]
     if breakdowns:
-        parts = [f"<h3>{esc(k)}</h3>{_breakdown(v, factor_names)}" for k, v in breakdowns]
+        parts = [f"<h3>{esc(k)}</h3>{_breakdown(v, factor_names, k)}" for k, v in breakdowns]
         out.append(f"<details><summary>breakdowns</summary>{''.join(parts)}</details>")
     skipped = data.get("skipped")
     if isinstance(skipped, dict) and skipped:
@@ -390,8 +395,44 @@ def _score_table(rows, heads) -> str:
             f"<tbody>{''.join(body)}</tbody></table>")
 
 
-def _breakdown(v, factor_names=None) -> str:
-    """A dict of numbers as a key/value table, a matrix (latents x factors) as a shaded table."""
+#: eval.json matrices whose rows are factors and columns latents (FactorVAE's votes: factor k held fixed,
+#: latent j won the vote); every other matrix there is latents x factors
+FACTOR_ROWS = {"factor_vae.votes_train", "factor_vae.votes_eval"}
+
+
+def _below_chance_notes(data: dict) -> list[str]:
+    try:
+        from ..metrics.evaluate import below_chance_notes
+    except ImportError:  # pragma: no cover - the metrics package is part of vaelab
+        return []
+    return below_chance_notes(data)
+
+
+def _active_latents_table(data: dict) -> str:
+    """What each "active latents" count of eval.json counts, with its threshold (they differ by design)."""
+    try:
+        from ..metrics.evaluate import active_latent_counts
+    except ImportError:  # pragma: no cover
+        return ""
+    counts = active_latent_counts(data)
+    if not counts:
+        return ""
+    rows = "".join(f"<tr><th>{esc(k)}</th><td class=n>{n}{f' of {of}' if of else ''}</td><td>{esc(rule)}</td></tr>"
+                   for k, n, of, rule in counts)
+    return ("<h3>Active latents</h3><p class=note>Each count has its own test, so they differ; from the strictest "
+            "to the loosest:</p><table><thead><tr><th>count</th><th class=n>latents</th><th>what it counts</th>"
+            f"</tr></thead><tbody>{rows}</tbody></table>")
+
+
+def _axis_labels(n: int, factor_names, latents: bool) -> list[str]:
+    if latents:
+        return [f"z{i}" for i in range(n)]
+    return list(factor_names) if factor_names and len(factor_names) == n else [f"factor {i}" for i in range(n)]
+
+
+def _breakdown(v, factor_names=None, key: str = "") -> str:
+    """A dict of numbers as a key/value table, a matrix as a shaded table: latents x factors, or factors x
+    latents for the keys in :data:`FACTOR_ROWS`; rows and columns are labelled by what they are."""
     if isinstance(v, dict):
         return kv_table([(k, x if _is_number(x) else json.dumps(x)[:80]) for k, x in v.items()])
     a = v
@@ -399,10 +440,13 @@ def _breakdown(v, factor_names=None) -> str:
         m = np.asarray(a, dtype=np.float64)
         if m.ndim == 2:
             top = float(np.nanmax(np.abs(m))) or 1.0
-            cols = factor_names if factor_names and len(factor_names) == m.shape[1] else list(range(m.shape[1]))
-            head = "<tr><th></th>" + "".join(f"<th class=n>{esc(c)}</th>" for c in cols) + "</tr>"
+            factor_rows = key in FACTOR_ROWS
+            rows = _axis_labels(m.shape[0], factor_names, latents=not factor_rows)
+            cols = _axis_labels(m.shape[1], factor_names, latents=factor_rows)
+            corner = "factor \\ latent" if factor_rows else "latent \\ factor"
+            head = f"<tr><th>{esc(corner)}</th>" + "".join(f"<th class=n>{esc(c)}</th>" for c in cols) + "</tr>"
             body = "".join(
-                f"<tr><th>z{i}</th>" + "".join(
+                f"<tr><th>{esc(rows[i])}</th>" + "".join(
                     f'<td class=n style="background:rgba(37,87,167,{min(abs(x) / top, 1) * 0.6:.2f})">{esc(num(x, 2))}</td>'
                     for x in row) + "</tr>" for i, row in enumerate(m))
             return f"<div class=scroll><table>{head}{body}</table></div>"
@@ -455,7 +499,9 @@ def run_report_html(run, manifest: dict, images_dir: Path) -> str:
     head = (f"<header><h1>{esc(run_dir.name)}</h1><p class=sub>{esc(facts['objective'])} · {esc(facts['net'])} · "
             f"{esc(facts['dataset'])} · {facts['latent_dim']} latents · checkpoint step {step:,}"
             f" · report written {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}</p>"
-            f"<p class=note>run folder {esc(run_dir.resolve())}</p></header>")
+            f"<p class=note>run folder {esc(run_dir.resolve())}</p>"
+            f"<p class=note>Explore interactively (a slider per latent, decoded as you drag): "
+            f"<code>vaelab explore {esc(shlex.quote(str(run_dir.resolve())))}</code></p></header>")
     sc = _scores_section(run_dir, step)
     ex = _experiments_section(run_dir)
     links = [("config", "Config")] + ([("scores", "Scores")] if sc else []) + [
@@ -518,7 +564,14 @@ def run_report_html(run, manifest: dict, images_dir: Path) -> str:
     kl = manifest["kl"]
     order = sorted(range(len(kl)), key=lambda j: -kl[j])
     table = kv_table([(f"z{j}", kl[j]) for j in order])
-    sections.append(f"<h2 id=kl>Per-latent KL</h2><div class=row><figure>{img(d / manifest['kl_bars'], 'KL bars')}"
+    from ..metrics.evaluate import KL_ACTIVE_NATS
+
+    live = sum(1 for x in kl if x > KL_ACTIVE_NATS)
+    sections.append(f"<h2 id=kl>Per-latent KL</h2><p class=note>{live} of {len(kl)} latents carry more than "
+                    f"{KL_ACTIVE_NATS} nats / image (KL of q(z|x) from the prior, mean over {manifest['kl_batch']} "
+                    f"images); the others are switched off. Other counts of active latents use other tests "
+                    f"(listed under Scores once the run is evaluated).</p>"
+                    f"<div class=row><figure>{img(d / manifest['kl_bars'], 'KL bars')}"
                     f"</figure><details><summary>values</summary>{table}</details></div>")
     if ex:
         sections.append(ex)
@@ -553,6 +606,50 @@ def _write_page(path: Path, text: str) -> Path:
 
 
 # ====================================================================== comparison
+def _is_num(v, none_ok=False) -> bool:
+    return (none_ok and v is None) or _is_number(v)
+
+
+def read_study(path: Path) -> dict | None:
+    """A sweep's study.json for the comparison page (None: there is none). One that is not what
+    ``vaelab evaluate SWEEP`` writes is one clear error, not a traceback halfway through the page."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        study = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        why = f"not JSON: {str(e)[:80]}"
+    else:
+        why = _study_problem(study)
+        if why is None:
+            return study
+    raise VaelabError(f"{path} is not a study table vaelab wrote ({why}); write it again with `vaelab evaluate "
+                      f"{path.parent}`, or move it away")
+
+
+def _study_problem(study) -> str | None:
+    if not isinstance(study, dict):
+        return "not a JSON object"
+    rows = study.get("settings", [])
+    if not isinstance(rows, list):
+        return "'settings' is not a list"
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or not isinstance(r.get("setting"), dict):
+            return f"settings[{i}] is not an object with a 'setting' object"
+        if not _is_num(r.get("runs"), none_ok=True) or not isinstance(r.get("scores", {}), dict):
+            return f"settings[{i}] has no run count or no 'scores' object"
+        if not isinstance(r.get("notes") or [], list):
+            return f"settings[{i}].notes is not a list"
+        for name, sc in r.get("scores", {}).items():
+            if sc is None:
+                continue
+            if not (isinstance(sc, dict) and _is_num(sc.get("mean")) and _is_num(sc.get("std"), none_ok=True)
+                    and _is_num(sc.get("n")) and _is_num(sc.get("chance"), none_ok=True)):
+                return f"settings[{i}].scores[{name!r}] is not {{mean, std, n}}"
+    return None
+
+
 def _study_section(study) -> str:
     """The study table (``vaelab evaluate SWEEP``'s study.json): per setting, mean ± std over seeds."""
     if not isinstance(study, dict) or not isinstance(study.get("settings"), list) or not study["settings"]:
@@ -569,14 +666,23 @@ def _study_section(study) -> str:
             if sc is None:
                 cells.append('<td data-v=""></td>')
             else:
-                text = f"{num(sc['mean'])} ± {num(sc['std'])}"
-                if sc["n"] != r["runs"]:
-                    text += f" (n={sc['n']})"
-                cells.append(f'<td class=n data-v="{esc(repr(float(sc["mean"])))}">{esc(text)}</td>')
+                if sc.get("std") is None or sc["n"] < 2:  # one value: its count, no spread
+                    text = f"{num(sc['mean'])} (n={sc['n']})"
+                else:
+                    text = f"{num(sc['mean'])} ± {num(sc['std'])}" + (f" (n={sc['n']})" if sc["n"] != r["runs"]
+                                                                       else "")
+                low = sc.get("chance") is not None and sc["mean"] < sc["chance"]
+                mark = (f' title="below chance (1/K = {sc["chance"]:.3f}); see the notes under the table"'
+                        if low else "")
+                cells.append(f'<td class="n{" stale" if low else ""}"{mark} data-v="{esc(repr(float(sc["mean"])))}">'
+                             f'{esc(text + (" !" if low else ""))}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
+    notes = [(", ".join(f"{k.split('.')[-1]}={v}" for k, v in r["setting"].items()) or "all runs", n)
+             for r in rows for n in r.get("notes") or []]
+    notes_html = "".join(f"<p class=stale>! {esc(where)}: {esc(n)}</p>" for where, n in notes)
     return (f"<h2>Study: each setting's scores, mean ± std over seeds</h2>"
             f'<div class=scroll><table class="sortable runs" id=study><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table></div>"
+            f"<tbody>{''.join(body)}</tbody></table></div>{notes_html}"
             f"<p class=note>From study.json (<code>vaelab evaluate SWEEP</code>, seed {esc(study.get('seed'))}, "
             f"profile {esc(study.get('profile'))}).</p>")
 
@@ -650,11 +756,15 @@ def write_comparison(runs, out=None, step: int | None = None, force: bool = Fals
         p = Path(getattr(r, "path", r)).resolve()
         if p not in paths:
             paths.append(p)
-    reports = [write_report(p, step=step, force=force, quiet=quiet) for p in paths]
     out = Path(out) if out else Path(os.path.commonpath([str(p.parent) for p in paths])) / "comparison.html"
     out = out.resolve()
-    return _write_page(out, comparison_html([run_facts(p) for p in paths], reports, out,
-                                            study=read_json(out.parent / "study.json")))
+    study = read_study(out.parent / "study.json")  # a damaged one is an error before any page is written
+    reports = []
+    for p in paths:
+        reports.append(write_report(p, step=step, force=force, quiet=quiet))
+        if not quiet:  # each run's page as it is written (the caller prints the comparison page's path)
+            print(reports[-1])
+    return _write_page(out, comparison_html([run_facts(p) for p in paths], reports, out, study=study))
 
 
 def report(runs, out=None, step: int | None = None, force: bool = False, quiet: bool = True) -> Path:
@@ -664,6 +774,14 @@ def report(runs, out=None, step: int | None = None, force: bool = False, quiet: 
     runs = list(runs) if isinstance(runs, (list, tuple)) else [runs]
     if not runs:
         raise VaelabError("report needs at least one run folder")
+    if len(runs) == 1:  # a study folder (`vaelab study`): its own report
+        from ..studies import is_study_dir
+
+        p = Path(getattr(runs[0], "path", runs[0]))
+        if p.is_dir() and is_study_dir(p):
+            from .study_report import write_study_report
+
+            return write_study_report(p, out=out)
     expanded = []
     for r in runs:  # a sweep folder stands for its runs (its comparison page lands in it)
         p = Path(getattr(r, "path", r))

@@ -14,10 +14,12 @@ import torch
 
 from ..errors import VaelabError
 from . import common
-from .common import add_margins, is_ugvae, to_uint8
+from .common import add_margins, to_uint8
 
 DEFAULT_N = 64  # 8 x 8, the usual sample grid (UG-VAE reference: 64 per component)
 PER_COMPONENT = 8  # UG-VAE: draws per component row
+MAX_N = 4096  # one picture: 64 x 64 cells (about 4,200 pixels a side at 64 x 64 images)
+BATCH = 512  # codes decoded at a time
 
 
 @torch.no_grad()
@@ -25,11 +27,17 @@ def sample_grid(run, n: int = DEFAULT_N, seed: int = 0, per_component: int = PER
     """The sample picture as an ``H x W x 3`` uint8 array (seeded; the global RNG is untouched)."""
     if n < 1 or per_component < 1:
         raise VaelabError("the number of samples must be at least 1")
-    g = torch.Generator(device=run.device).manual_seed(seed)
     model = run.model
-    if not is_ugvae(model):
+    total = n if not model.mixture_prior else per_component * int(model.K)
+    if total > MAX_N:
+        what = f"{n:,} samples" if not model.mixture_prior else f"{per_component:,} per component x {int(model.K)}"
+        raise VaelabError(f"{what} is too many for one picture: at most {MAX_N:,} images; ask for fewer "
+                          f"(several seeds give more)")
+    g = torch.Generator(device=run.device).manual_seed(seed)
+    if not model.mixture_prior:
         z = torch.randn(n, run.latent_dim, generator=g, device=run.device)
-        return common.grid(to_uint8(run.decode(z)), nrow=math.ceil(math.sqrt(n)))
+        images = np.concatenate([to_uint8(run.decode(z[i:i + BATCH])) for i in range(0, n, BATCH)])
+        return common.grid(images, nrow=math.ceil(math.sqrt(n)))
     imgs = to_uint8(model.sample(per_component, generator=g))  # K×n×C×H×W
     k, m = imgs.shape[:2]
     body = common.grid(imgs.reshape(k * m, *imgs.shape[2:]), nrow=m)
