@@ -26,7 +26,7 @@ def test_real_subset_shapes_values_grid(subset):
     assert tuple(ds.images.shape) == (46_080, 1, 64, 64)
     assert ds.images.dtype.is_floating_point is False and str(ds.images.dtype) == "torch.uint8"
     sample = ds.images[::97].numpy()
-    assert set(np.unique(sample).tolist()) == {0, 255}  # SPEC 1.1: 0/1 -> 0/255
+    assert set(np.unique(sample).tolist()) == {0, 255}  # docs/conventions.md#tensors: 0/1 -> 0/255
     assert ds.factor_names == ["shape", "scale", "orientation", "posX", "posY"]
     assert ds.factor_sizes == [3, 6, 10, 16, 16]
     assert ds.is_grid

@@ -1,4 +1,4 @@
-"""Image folders with crop boxes and a stack rule (SPEC 6, seed 002's XYS stacked input).
+"""Image folders with crop boxes and a stack rule (docs/datasets.md#image-folders, Near32/PYTORCH_VAE's XYS stacked input).
 
 Synthetic 40 x 30 PNGs whose eye regions are constant grey levels: after cropping by the CSV boxes
 (given at twice the image resolution, box_scale 2) and resizing, each eye channel must be that level.

@@ -1,4 +1,4 @@
-"""Per-image VOC-style XML -> image-folder CSV (SPEC 6; seed 002's XYS annotations, datasetXYS.py).
+"""Per-image VOC-style XML -> image-folder CSV (docs/datasets.md#image-folders; Near32/PYTORCH_VAE's XYS annotations, datasetXYS.py).
 
 Synthetic 40 x 30 PNGs in images/ and one XYS-shaped XML per image in annotations/ (file names
 without ".png", boxes at twice the image resolution, gaze = gaze_position + camera_screen_center_offset).

@@ -1,4 +1,4 @@
-"""UG-VAE experiments (SPEC §7): series streams, and each `vaelab experiment` command end to end on tiny
+"""UG-VAE experiments (docs/experiments.md): series streams, and each `vaelab experiment` command end to end on tiny
 UG-VAEs trained on the real MNIST test set and the 100 real CelebA faces."""
 from __future__ import annotations
 

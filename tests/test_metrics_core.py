@@ -1,4 +1,4 @@
-"""Array cores of vaelab.metrics: known answers (SPEC.md 5.9), hand-computed cases, invariances, bad input."""
+"""Array cores of vaelab.metrics: known answers (docs/metrics.md#known-answers), hand-computed cases, invariances, bad input."""
 import math
 
 import numpy as np

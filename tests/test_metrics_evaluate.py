@@ -121,7 +121,7 @@ def test_metric_names_and_profiles():
     assert resolve_metrics("all") == (list(METRICS), False)
     assert resolve_metrics("DCI, factorvae,beta-vae") == (["beta_vae", "factor_vae", "dci"], True)
     assert resolve_metrics(["explicitness"])[0] == ["modularity"]
-    # the default profile is dlib's study counts (SPEC 5.1-5.8)
+    # the default profile is dlib's study counts (docs/metrics.md#defaults)
     assert profile_settings("beta_vae") == {"batch_size": 64, "num_train": 10_000, "num_eval": 5_000}
     assert profile_settings("factor_vae") == {"batch_size": 64, "num_train": 10_000, "num_eval": 5_000,
                                               "num_variance_estimate": 10_000, "threshold": 0.05}

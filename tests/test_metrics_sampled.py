@@ -1,7 +1,7 @@
 """Scores that sample a FactorDataset through an encoder: BetaVAE, FactorVAE and the i.i.d. wrappers.
 
 The datasets hold tiny images that spell their own row index (3 bytes), so an "encoder" can compute any
-code as a function of the factors; reduced counts keep the tests fast (the defaults stay SPEC's).
+code as a function of the factors; reduced counts keep the tests fast (the defaults stay dlib's, docs/metrics.md#defaults).
 """
 import warnings
 
@@ -137,7 +137,7 @@ def dsprites_grid():
 
 
 def test_factor_vae_dsprites_nan_behaviour(dsprites_grid):
-    """SPEC 5.9: perfect code + 4 dims N(0, 0.01^2) + one exactly constant dim."""
+    """docs/metrics.md#known-answers: perfect code + 4 dims N(0, 0.01^2) + one exactly constant dim."""
     sizes = np.array([3, 6, 40, 32, 32])
     n = len(dsprites_grid)
     noise = noise_table(n, 5, 0.001, seed=1)

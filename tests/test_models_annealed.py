@@ -1,4 +1,4 @@
-"""AnnealedVAE capacity schedule (SPEC §3.3)."""
+"""AnnealedVAE capacity schedule (docs/objectives.md#annealedvae)."""
 import pytest
 import torch
 

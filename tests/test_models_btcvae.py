@@ -1,4 +1,4 @@
-"""β-TCVAE estimators vs brute-force loops (SPEC §3.5)."""
+"""β-TCVAE estimators vs brute-force loops (docs/objectives.md#beta-tcvae)."""
 import math
 
 import pytest

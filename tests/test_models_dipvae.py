@@ -1,4 +1,4 @@
-"""DIP-VAE I / II covariance and penalty (SPEC §3.6)."""
+"""DIP-VAE I / II covariance and penalty (docs/objectives.md#dip-vae)."""
 import math
 
 import pytest

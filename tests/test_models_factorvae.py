@@ -1,4 +1,4 @@
-"""FactorVAE: permutation, TC estimate, update order and gradient isolation (SPEC §3.4)."""
+"""FactorVAE: permutation, TC estimate, update order and gradient isolation (docs/objectives.md#factorvae)."""
 import copy
 
 import pytest

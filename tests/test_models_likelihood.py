@@ -1,4 +1,4 @@
-"""Likelihoods, reduction and KL (SPEC §1.2–1.4)."""
+"""Likelihoods, reduction and KL (docs/conventions.md)."""
 import math
 
 import pytest
@@ -74,7 +74,7 @@ def test_kl_closed_form_matches_monte_carlo():
     mc = (log_normal(z, mu, logvar) - log_normal(z, torch.zeros_like(z), torch.zeros_like(z))).mean(0)
     closed = kl_normal(mu, logvar)
     assert torch.allclose(mc, closed, atol=0.02)
-    # and the formula of SPEC §1.4 written out
+    # and the formula of docs/conventions.md#posterior-and-kl written out
     want = 0.5 * (mu ** 2 + logvar.exp() - logvar - 1)
     assert torch.allclose(closed, want)
 

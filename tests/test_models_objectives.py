@@ -1,4 +1,4 @@
-"""Every objective: loss dict, one update, build_model / defaults / errors (SPEC §3)."""
+"""Every objective: loss dict, one update, build_model / defaults / errors (docs/objectives.md)."""
 import pytest
 import torch
 

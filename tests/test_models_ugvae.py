@@ -1,4 +1,4 @@
-"""UG-VAE (SPEC §3.7, §2.6): parameter counts, pooling, ELBO terms on a tiny case, helpers."""
+"""UG-VAE (docs/objectives.md#ug-vae, docs/nets.md#ug-vae-nets): parameter counts, pooling, ELBO terms on a tiny case, helpers."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""Networks (SPEC §2): parameter counts, output shapes, size checks, initialisation."""
+"""Networks (docs/nets.md): parameter counts, output shapes, size checks, initialisation."""
 import math
 
 import pytest
@@ -7,7 +7,7 @@ import torch
 from vaelab.errors import VaelabError
 from vaelab.nets import NET_ALIASES, NETS, build_net, canonical_net, count_parameters, disc_mlp
 
-# (net, image_shape, D, options, encoder params, decoder params or None, total) — SPEC §2 numbers
+# (net, image_shape, D, options, encoder params, decoder params or None, total) — numbers from docs/nets.md#parameter-counts
 COUNTS = [
     ("burgess64", (1, 64, 64), 10, {}, 252_052, 249_953, 502_005),
     ("burgess64", (3, 64, 64), 10, {}, None, None, 504_055),
@@ -21,7 +21,7 @@ COUNTS = [
     ("near32_conv", (1, 64, 64), 10, {"depth": 3, "width": 32}, 19_062_900, 764_865, 19_827_765),
     ("xys256", (3, 256, 256), 10, {}, 4_629_428, 3_247_427, 7_876_855),
     ("antixk64", (1, 64, 64), 6, {}, 739_244, 734_465, 1_473_709),
-    # burgess64_keras (SPEC §2.1, seed 001), counted by hand (BN = 2 params per channel, no running stats):
+    # burgess64_keras (docs/nets.md#burgess64_keras, Knight13/beta-VAE-disentanglement), counted by hand (BN = 2 params per channel, no running stats):
     # enc  conv1 16C·32+32 = 512C+32, BN 64; 3 × (16·32·32+32 = 16,416 + BN 64) = 49,440;
     #      Lin(512→256) 131,328 + BN 512; Lin(256→256) 65,792 + BN 512; Lin(256→2D) 514D;
     #      heads 2 × (2D·D + D) = 4D² + 2D   -> 512C + 247,680 + 516D + 4D²  (C1 D10: 253,752)
@@ -30,12 +30,12 @@ COUNTS = [
     #      -> 256D + 511,360 + 513C  (C1 D10: 514,433)
     ("burgess64_keras", (1, 64, 64), 10, {}, 253_752, 514_433, 768_185),
     ("burgess64_keras", (3, 64, 64), 10, {}, 254_776, 515_459, 770_235),
-    # betavae_h (SPEC §2.2: 1Konny/Beta-VAE BetaVAE_H = fvae64 at F 256, dense for 1×1), counted by hand:
+    # betavae_h (docs/nets.md#betavae_h: 1Konny/Beta-VAE BetaVAE_H = fvae64 at F 256, dense for 1×1), counted by hand:
     # enc  Conv(C→32,4) 16C·32+32 = 512C+32; Conv(32→32,4) 16,416; Conv(32→64,4) 32,832; Conv(64→64,4) 65,600;
     #      Conv(64→256,4,1,0) 262,400; Lin(256→2D) 512D+2D = 514D   -> 512C + 377,280 + 514D
     # dec  Lin(D→256) 256D+256; ConvT(256→64,4) 262,208; ConvT(64→64) 65,600; ConvT(64→32) 32,800;
     #      ConvT(32→32) 16,416; ConvT(32→C) 16·32·C+C = 513C         -> 256D + 377,280 + 513C
-    # C3 D10: 383,956 + 381,379 = 765,335 (= SPEC's fvae64 C3 F256, as SPEC says); C1 D10 (F stays 256, unlike
+    # C3 D10: 383,956 + 381,379 = 765,335 (= fvae64 C3 F256, as docs/nets.md#betavae_h says); C1 D10 (F stays 256, unlike
     # fvae64's F128): 382,932 + 380,353 = 763,285; C3 D32 (betavae-celeba-b10-z32): 395,264 + 387,011 = 782,275;
     # C3 D16 (betavae-3dchairs-b4-z16): 387,040 + 382,915 = 769,955.
     ("betavae_h", (3, 64, 64), 10, {}, 383_956, 381_379, 765_335),
@@ -173,7 +173,7 @@ def test_initialisation():
 
 
 def test_betavae_h_is_fvae64_f256_with_dense_layers_and_kaiming_init():
-    """SPEC §2.2: BetaVAE_H = the fvae64 stack at F 256 with Lin in place of the two 1×1 convolutions.
+    """docs/nets.md#betavae_h: BetaVAE_H = the fvae64 stack at F 256 with Lin in place of the two 1×1 convolutions.
     Copying fvae64's weights into it (1×1 kernels reshaped to dense matrices) gives the same outputs."""
     torch.manual_seed(0)
     enc, dec = build_net("betavae_h", (3, 64, 64), 10)
@@ -206,7 +206,7 @@ def test_betavae_h_is_fvae64_f256_with_dense_layers_and_kaiming_init():
 
 
 def test_burgess64_keras_layers_and_modes():
-    """Seed 001's Keras variant: BN after every conv / hidden dense, Dense(2D) before the heads, 1×1×512 ->
+    """Knight13/beta-VAE-disentanglement's Keras variant: BN after every conv / hidden dense, Dense(2D) before the heads, 1×1×512 ->
     "valid" ConvT to 4×4, input shifted by −0.5, no squashing on the output (the likelihood's sigmoid)."""
     torch.manual_seed(0)
     enc, dec = build_net("burgess64_keras", (1, 64, 64), 10)

@@ -1,4 +1,4 @@
-"""SPEC §4.3 optional presets (1Konny/Beta-VAE scripts): values, and the objectives against 1Konny's solver.py."""
+"""The optional presets of docs/recipes.md#optional-presets (1Konny/Beta-VAE scripts): values, and the objectives against 1Konny's solver.py."""
 import math
 
 import pytest
@@ -9,7 +9,7 @@ from vaelab.config import preset_names, resolve
 from vaelab.models import build_model
 
 
-# preset -> (objective, net, data, D, likelihood, objective values, lr, seed) — SPEC §4.3
+# preset -> (objective, net, data, D, likelihood, objective values, lr, seed) — docs/recipes.md#optional-presets
 OPTIONAL = {
     "betavae-celeba-b10-z10": ("betavae", "betavae_h", "celeba", 10, "gaussian", {"beta": 10.0}, 1e-4, 1),
     "betavae-celeba-b10-z32": ("betavae", "betavae_h", "celeba", 32, "gaussian", {"beta": 10.0}, 1e-4, 1),
@@ -29,7 +29,7 @@ def test_optional_preset_values(name):
     assert (m["objective"], m["net"], cfg.data.name, m["latent_dim"], m["likelihood"]) == (
         objective, net, data, d, likelihood)
     if likelihood == "gaussian":
-        assert m["variance"] == 0.5  # 1Konny "gaussian" = sum of squared errors (SPEC §1.2)
+        assert m["variance"] == 0.5  # 1Konny "gaussian" = sum of squared errors (docs/conventions.md#likelihoods)
     for key, value in values.items():
         assert m[key] == value, key
     opt = cfg.optim["vae"]
@@ -71,7 +71,7 @@ def test_objective_h_with_gaussian_is_betavae_sigma2_half():
 @pytest.mark.parametrize("t", [0, 50_000, 250_000])
 def test_objective_b_is_annealedvae(t):
     """1Konny objective B: bce_with_logits(o, x, sum)/B + γ·|KL − C|, C = clamp(C_max/C_stop_iter·iter, 0, C_max)
-    with iter counted from 1 at the first update; vaelab's t counts completed iterations (SPEC §1.5)."""
+    with iter counted from 1 at the first update; vaelab's t counts completed iterations (docs/conventions.md#training-conventions)."""
     cfg = resolve("annealedvae-dsprites-1konny")
     torch.manual_seed(0)
     model = build_model(cfg.model, (1, 64, 64), 100)

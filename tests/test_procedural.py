@@ -52,7 +52,7 @@ def test_pixels_are_0_or_255_and_shapes():
 
 
 def test_index_order_is_official():
-    # posY fastest, then posX, orientation, scale, shape (SPEC 6 bases without the colour factor)
+    # posY fastest, then posX, orientation, scale, shape (docs/datasets.md#dsprites bases without the colour factor)
     f = P.factors_of([0, 1, 32, 1024, 40960, 245760, P.COUNT - 1])
     assert f.tolist() == [[0, 0, 0, 0, 0], [0, 0, 0, 0, 1], [0, 0, 0, 1, 0], [0, 0, 1, 0, 0],
                           [0, 1, 0, 0, 0], [1, 0, 0, 0, 0], [2, 5, 39, 31, 31]]
@@ -110,7 +110,7 @@ def test_square_area_at_scale_one():
     f = np.random.default_rng(3).integers(0, [1, 1, 40, 32, 32], size=(400, 5))
     f[:, 1] = 5
     area = (P.render_factors(*f.T) > 0).sum((1, 2))
-    assert abs(area.mean() - 368.64) < 4  # side 19.2 px (SPEC 6: "about 368 pixels")
+    assert abs(area.mean() - 368.64) < 4  # side 19.2 px (docs/datasets.md#procedural-dsprites: "about 368 pixels")
     assert 350 <= area.min() and area.max() <= 400
 
 

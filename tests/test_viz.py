@@ -94,7 +94,7 @@ def test_traverse_cli_defaults_gif(viz_run, tmp_path):
     rc = main(["traverse", str(viz_run), "--gif", "--steps", "5", "--dims", "0", "3", "--out", str(tmp_path)])
     assert rc == 0
     pngs = sorted(p.name.split("_")[1] for p in tmp_path.glob("traverse_*.png"))
-    assert pngs == ["ellipse", "heart", "square"]  # dSprites default: one of each shape (seed 000)
+    assert pngs == ["ellipse", "heart", "square"]  # dSprites default: one of each shape (1Konny/FactorVAE)
     for shape in pngs:
         (folder,) = tmp_path.glob(f"traverse_{shape}_step*[0-9]")
         assert sorted(p.name for p in folder.iterdir()) == ["all.gif", "z00.gif", "z03.gif"]

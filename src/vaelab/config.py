@@ -30,7 +30,7 @@ else:  # pragma: no cover
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
-SAMPLING_MODES = ("epoch_permutation", "iid")  # SPEC 1.5
+SAMPLING_MODES = ("epoch_permutation", "iid")  # docs/conventions.md#training-conventions
 SCHEDULES = ("constant", "step", "exponential", "plateau")
 
 
@@ -41,7 +41,7 @@ class DataConfig:
     split: str = "train"
     size: int = 0  # image side; 0 = the dataset's default
     val_fraction: float = 0.0  # held-out fraction of the training split (deterministic, by train.seed)
-    sampling: str = "epoch_permutation"  # SPEC 1.5: "epoch_permutation" (default) or "iid" (dlib)
+    sampling: str = "epoch_permutation"  # docs/conventions.md#training-conventions: "epoch_permutation" (default) or "iid" (dlib)
     options: dict = field(default_factory=dict)  # loader options (e.g. preprocess = "center_crop_148")
 
     def validate(self):
@@ -58,15 +58,15 @@ class OptimConfig:
     """Adam for one parameter group, with a learning-rate schedule over iterations."""
 
     lr: float = 1e-4
-    betas: list = field(default_factory=lambda: [0.9, 0.999])  # Adam defaults (SPEC 4)
-    eps: float = 1e-8  # SPEC 1.5
+    betas: list = field(default_factory=lambda: [0.9, 0.999])  # Adam defaults (docs/recipes.md#defaults)
+    eps: float = 1e-8  # docs/conventions.md#training-conventions
     weight_decay: float = 0.0
     schedule: str = "constant"  # constant | step | exponential | plateau
     decay: float = 1.0  # multiplicative factor of step / exponential / plateau schedules
     decay_every: int = 0  # step: multiply by `decay` every N iterations; exponential: lr * decay**(t/N)
     milestones: list = field(default_factory=list)  # step: multiply by `decay` at these iterations instead
-    patience: int = 5  # plateau: validations without improvement before decaying (seed 001: 5 epochs)
-    min_lr: float = 0.0  # plateau floor (seed 001: 1e-10)
+    patience: int = 5  # plateau: validations without improvement before decaying (Knight13/beta-VAE-disentanglement: 5 epochs)
+    min_lr: float = 0.0  # plateau floor (Knight13/beta-VAE-disentanglement: 1e-10)
 
     def validate(self, group: str):
         if self.schedule not in SCHEDULES:
@@ -104,8 +104,8 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000  # iterations (SPEC 1.5: one iteration = one update of every optimiser)
-    epochs: float = 0.0  # if > 0, steps = epochs * floor(N_train / batch_size) (SPEC 1.5)
+    steps: int = 1000  # iterations (docs/conventions.md#training-conventions: one iteration = one update of every optimiser)
+    epochs: float = 0.0  # if > 0, steps = epochs * floor(N_train / batch_size) (docs/conventions.md#training-conventions)
     batch_size: int = 64
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N

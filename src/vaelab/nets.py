@@ -1,15 +1,15 @@
-"""Encoders, decoders and the FactorVAE discriminator (SPEC §2).
+"""Encoders, decoders and the FactorVAE discriminator (docs/nets.md).
 
 Every entry of :data:`NETS` is a builder ``builder(image_shape, latent_dim, **options) -> (encoder,
 decoder)``:
 
 * ``encoder(x)`` takes float images ``B×C×H×W`` in [0, 1] and returns ``B×2D``: the first D numbers are
-  the posterior mean μ, the last D the log-variance ln σ² (SPEC §1.4, 1Konny/dlib order);
+  the posterior mean μ, the last D the log-variance ln σ² (docs/conventions.md#posterior-and-kl, 1Konny/dlib order);
 * ``decoder(z)`` takes ``B×D`` codes and returns the unconstrained output ``o`` (``B×C×H×W``): logits for
-  the Bernoulli likelihood, ``sigmoid(o)`` is the mean image for both likelihoods (SPEC §1.2).
+  the Bernoulli likelihood, ``sigmoid(o)`` is the mean image for both likelihoods (docs/conventions.md#likelihoods).
 
-Parameter counts (SPEC §2, BatchNorm running statistics excluded) are pinned in ``tests/test_nets.py``.
-The UG-VAE trunks and decoders (SPEC §2.6) are in :data:`UGVAE_NETS`; ``NETS["ugvae_fc28"]`` and
+Parameter counts (docs/nets.md, BatchNorm running statistics excluded) are pinned in ``tests/test_nets.py``.
+The UG-VAE trunks and decoders (docs/nets.md#ug-vae-nets) are in :data:`UGVAE_NETS`; ``NETS["ugvae_fc28"]`` and
 ``NETS["ugvae_conv64"]`` wrap them as plain VAE nets (trunk + one ``Lin(256→2D)`` head).
 """
 from __future__ import annotations
@@ -172,7 +172,7 @@ def burgess32(image_shape, latent_dim: int):
 
 
 class _Shift(nn.Module):
-    """Adds a constant to the input (seed 001 feeds its nets x − 0.5)."""
+    """Adds a constant to the input (Knight13/beta-VAE-disentanglement feeds its nets x − 0.5)."""
 
     def __init__(self, value: float):
         super().__init__()
@@ -194,23 +194,23 @@ def _bn1d(c: int) -> nn.BatchNorm1d:
 
 
 def burgess64_keras(image_shape, latent_dim: int):
-    """Seed 001's Keras variant of burgess64 (Knight13/beta-VAE-disentanglement ``src/models/encoder.py``
+    """Knight13/beta-VAE-disentanglement's Keras variant of burgess64 (``src/models/encoder.py``
     DeepMindEncoder, ``src/models/decoder.py`` DeepMindDecoder). 768,185 params at C1 D10.
 
-    * Encoder: x − 0.5 (the seed's ``pre_process(action="simple")``) → 4 × [Conv(→32,4,2,1) BN ReLU] (Keras
+    * Encoder: x − 0.5 (the source's ``pre_process(action="simple")``) → 4 × [Conv(→32,4,2,1) BN ReLU] (Keras
       "same" = pad 1 here) → flatten 512 → 2 × [Lin(→256) BN ReLU] → Lin(256→2D) linear → heads Lin(2D→D) μ,
       Lin(2D→D) ln σ².
-    * Decoder: 2 × [Lin(→256) BN ReLU] → Lin(256→512) ReLU BN (the seed's order: activation, then BN) →
+    * Decoder: 2 × [Lin(→256) BN ReLU] → Lin(256→512) ReLU BN (the source's order: activation, then BN) →
       512×1×1 → ConvT(512→32,4,2,0) BN ReLU (Keras "valid": 1 → 4) → 3 × [ConvT(32→32,4,2,1) BN ReLU] →
       ConvT(32→C,4,2,1) → ``o``.
 
-    Output: the seed ends in tanh and regresses x − 0.5 ∈ [−0.5, 0.5]. Here the decoder returns the last
+    Output: the source ends in tanh and regresses x − 0.5 ∈ [−0.5, 0.5]. Here the decoder returns the last
     layer's pre-activation ``o`` and the likelihood takes the mean as sigmoid(o) = ½ + ½·tanh(o/2)
-    (SPEC §1.2): the same tanh output, shifted by ½ and scaled to the data range [0, 1] (the factor ½ on
-    ``o`` is absorbed by the last layer's weights). The one difference: the seed's tanh spans
+    (docs/conventions.md#likelihoods): the same tanh output, shifted by ½ and scaled to the data range [0, 1] (the factor ½ on
+    ``o`` is absorbed by the last layer's weights). The one difference: the source's tanh spans
     (−1, 1), twice its data range, so its mean can overshoot (it clips before saving images); here the
-    mean stays in [0, 1]. The seed's per-pixel mean MSE is not convertible (SPEC §1.3): use
-    ``likelihood = "gaussian"`` (σ² ½ = sum of squared errors), as the seed-001 presets do.
+    mean stays in [0, 1]. The source's per-pixel mean MSE is not convertible (docs/conventions.md#reduction): use
+    ``likelihood = "gaussian"`` (σ² ½ = sum of squared errors), as the Knight13/beta-VAE-disentanglement presets do.
 
     BatchNorm: Keras defaults (ε 1e-3, momentum 0.99 = PyTorch momentum 0.01); batch statistics in
     ``train()`` mode, running statistics in ``eval()`` mode (validation, encoding, traversals).
@@ -227,7 +227,7 @@ def burgess64_keras(image_shape, latent_dim: int):
         nn.Flatten(),  # 32×4×4 = 512 (CHW order; Keras flattens HWC, which matters only for weight import)
         nn.Linear(512, 256), _bn1d(256), nn.ReLU(),
         nn.Linear(256, 256), _bn1d(256), nn.ReLU(),
-        nn.Linear(256, 2 * d),  # the seed's extra linear Dense(2D) before the two heads
+        nn.Linear(256, 2 * d),  # the source's extra linear Dense(2D) before the two heads
     ]
     enc = _Heads(nn.Sequential(*trunk), 2 * d, d)
     dec: list[nn.Module] = [
@@ -239,7 +239,7 @@ def burgess64_keras(image_shape, latent_dim: int):
     ]
     for _ in range(3):  # 8, 16, 32
         dec += [nn.ConvTranspose2d(32, 32, 4, 2, 1), _bn2d(32), nn.ReLU()]
-    dec.append(nn.ConvTranspose2d(32, c, 4, 2, 1))  # 64; the seed's tanh is the likelihood's sigmoid here
+    dec.append(nn.ConvTranspose2d(32, c, 4, 2, 1))  # 64; the source's tanh is the likelihood's sigmoid here
     dec_net = nn.Sequential(*dec)
     layers = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
     _init(enc, "glorot", layers)  # Keras defaults: glorot_uniform kernels, zero biases
@@ -280,7 +280,7 @@ def fvae64(image_shape, latent_dim: int, features: int | None = None):
 
 
 def betavae_h(image_shape, latent_dim: int):
-    """1Konny/Beta-VAE ``model.py`` BetaVAE_H (SPEC §2.2): the fvae64 stack at F 256 with dense layers in
+    """1Konny/Beta-VAE ``model.py`` BetaVAE_H (docs/nets.md#betavae_h): the fvae64 stack at F 256 with dense layers in
     place of the two 1×1 convolutions (same parameter counts: 765,335 at C3 D10), Kaiming init.
 
     * Encoder: Conv(C→32,4,2,1) ReLU → Conv(32→32,4,2,1) ReLU → Conv(32→64,4,2,1) ReLU →
@@ -361,7 +361,7 @@ def higgins_mlp(image_shape, latent_dim: int, hidden: int = 1200):
         nn.Linear(p, u), nn.ReLU(),
         nn.Linear(u, u), nn.ReLU(),
     )
-    enc = _Heads(trunk, u, d)  # no ReLU on the heads (seed 002's copy has one: not copied)
+    enc = _Heads(trunk, u, d)  # no ReLU on the heads (Near32/PYTORCH_VAE's copy has one: not copied)
     dec = nn.Sequential(
         nn.Linear(d, u), nn.Tanh(),
         nn.Linear(u, u), nn.Tanh(),
@@ -467,7 +467,7 @@ def _ugvae_plain(name: str):
 
 def near32_conv(image_shape, latent_dim: int, depth: int = 3, width: int = 32, batch_norm: bool = True,
                 slope: float = 0.05):
-    """Seed 002's configurable conv (Near32/PYTORCH_VAE Encoder/Decoder), generic in L, w, S, C.
+    """Near32/PYTORCH_VAE's configurable conv (``models.py`` Encoder/Decoder), generic in L, w, S, C.
 
     Computes the flatten size (w·2^{L−1})·(S/2^L)² and the last decoder kernel S − 4·2^L + 1 that the
     reference hard-codes (8,192 and 33 for S64 L3 w32).
@@ -500,11 +500,11 @@ def near32_conv(image_shape, latent_dim: int, depth: int = 3, width: int = 32, b
             dec.append(nn.BatchNorm2d(w * 2 ** i))
         dec.append(act())
     dec.append(nn.ConvTranspose2d(w, c, s - 4 * 2 ** L + 1, 1, 0))
-    return nn.Sequential(*enc), nn.Sequential(*dec)  # PyTorch default init (as the seed)
+    return nn.Sequential(*enc), nn.Sequential(*dec)  # PyTorch default init (as the source)
 
 
 def xys256(image_shape, latent_dim: int, slope: float = 0.05):
-    """Seed 002's gaze net (EncoderXYS/DecoderXYS): 256×256, widths 32, kernel 6; 7,876,855 params at C3 D10."""
+    """Near32/PYTORCH_VAE's gaze net (EncoderXYS/DecoderXYS): 256×256, widths 32, kernel 6; 7,876,855 params at C3 D10."""
     c, _, _ = _check_shape("xys256", image_shape, (256,), "resize the data to 256×256")
     d = latent_dim
     act = lambda: nn.LeakyReLU(slope)  # noqa: E731
@@ -527,7 +527,7 @@ def xys256(image_shape, latent_dim: int, slope: float = 0.05):
 
 
 def antixk64(image_shape, latent_dim: int):
-    """Seed 003's net (scarletteshu/Pytorch-bcvae, after AntixK/PyTorch-VAE). 1,473,709 params at C1 D6."""
+    """scarletteshu/Pytorch-bcvae's net (after AntixK/PyTorch-VAE). 1,473,709 params at C1 D6."""
     c, _, _ = _check_shape("antixk64", image_shape)
     d = latent_dim
     trunk: list[nn.Module] = []
@@ -537,7 +537,7 @@ def antixk64(image_shape, latent_dim: int):
         a = b
     trunk.append(nn.Flatten())  # 256×4×4 = 4096
     enc = _Heads(nn.Sequential(*trunk), 4096, d)
-    dec: list[nn.Module] = [nn.Linear(d, 4096), _View(256, 4, 4)]  # no activation (as the seed)
+    dec: list[nn.Module] = [nn.Linear(d, 4096), _View(256, 4, 4)]  # no activation (as the source)
     for a, b in ((256, 128), (128, 64), (64, 32)):
         dec += [nn.ConvTranspose2d(a, b, 4, 2, 1), nn.BatchNorm2d(b), nn.LeakyReLU(0.01)]
     dec += [

@@ -57,7 +57,7 @@ def register(subparsers) -> None:
     q = sub.add_parser("import-voc", help="per-image VOC-style XML annotations -> the CSV image-folder reads",
                        description="Walk DIR (recursively) for per-image VOC-style .xml files and write the "
                                    "image-folder CSV: file (from <filename>), one column per factor, and "
-                                   "NAME_xmin/_ymin/_xmax/_ymax per <object> box. Seed 002's XYS: "
+                                   "NAME_xmin/_ymin/_xmax/_ymax per <object> box. Near32/PYTORCH_VAE's XYS: "
                                    "vaelab data import-voc dataset-XYS-latent/annotations "
                                    "--images dataset-XYS-latent/images --preset xys")
     q.add_argument("annotations", metavar="DIR", help="folder of per-image .xml files (searched recursively)")
@@ -72,7 +72,7 @@ def register(subparsers) -> None:
                    help="factor NAME = the sum of numeric elements, e.g. gaze_x=data/gaze_position/x+"
                         "data/camera_screen_center_offset/x (repeatable)")
     q.add_argument("--preset", choices=("xys",), default=None,
-                   help="xys: seed 002's gaze_x, gaze_y (gaze + camera-screen-centre offset) and "
+                   help="xys: Near32/PYTORCH_VAE's gaze_x, gaze_y (gaze + camera-screen-centre offset) and "
                         "head_camera_distance; --factor/--sum of the same name replace one")
     g = q.add_mutually_exclusive_group()
     g.add_argument("--boxes", metavar="NAMES", default=None,
@@ -376,7 +376,7 @@ def cmd_import_voc(args) -> int:
             else f" --csv {path}"
         stack, names = "", table.box_names
         if args.preset == "xys" and {"reye", "leye"} <= set(names):
-            stack = " --stack full,reye,leye --box-scale 2"  # seed 002: boxes at twice the image resolution
+            stack = " --stack full,reye,leye --box-scale 2"  # Near32/PYTORCH_VAE: boxes at twice the image resolution
         elif len(names) >= 2:
             stack = f" --stack full,{names[0]},{names[1]}"
         elif names:

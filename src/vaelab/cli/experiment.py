@@ -1,4 +1,4 @@
-"""`vaelab experiment interpolation | domain-alignment | global-structure RUN` (UG-VAE, SPEC §7)."""
+"""`vaelab experiment interpolation | domain-alignment | global-structure RUN` (UG-VAE, docs/experiments.md)."""
 from __future__ import annotations
 
 from ..errors import VaelabError
@@ -56,7 +56,7 @@ def register(sub):
     q.add_argument("--mixed-batches", type=int, default=50,
                    help="mixed batches (each image's domain with p 1/2) on the map (default 50)")
     q.add_argument("--mode", choices=("single_domain", "reference"), default="single_domain",
-                   help="reference: mixed map batches labelled by their first image (seed 004)")
+                   help="reference: mixed map batches labelled by their first image (ipeis/UG-VAE)")
     q.add_argument("--steps", type=int, default=7, help="interpolation steps (default 7)")
     q.set_defaults(func=run_domain_cmd)
 

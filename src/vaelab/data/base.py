@@ -7,7 +7,7 @@ Every loader returns one; metrics, the trainer and the UG-VAE experiments need n
   Size-1 factors (dSprites' colour) are hidden: they carry no information.
 * ``factor_names``, ``factor_sizes``, ``factor_values`` (per factor, the real value of each class).
 * A *grid* dataset holds every combination of factor values exactly once, in canonical row-major
-  order (last factor fastest; SPEC.md section 6), so ``index_of`` is arithmetic.
+  order (last factor fastest; docs/datasets.md#grids-and-factors), so ``index_of`` is arithmetic.
   Other labelled sets (MNIST, CelebA attributes) are not grids: ``index_of`` refuses and
   ``images_for`` draws a random image among those carrying the requested factors.
 * A grid may have *hidden* factors with several values (SmallNORB's ``instance``, as dlib treats it):
@@ -15,7 +15,7 @@ Every loader returns one; metrics, the trainer and the UG-VAE experiments need n
   ``visible_index * hidden_size + h`` shows hidden value ``h`` and ``len == prod(factor_sizes) *
   hidden_size``. ``factors`` holds the visible factors only; ``meta["hidden_factors"]`` names the
   hidden ones (size-1 ones too, as dSprites' colour). ``index_of``, ``images_for`` and ``sample``
-  draw the hidden value uniformly with the caller's ``rng`` (SPEC 5.0: "hidden factors filled at
+  draw the hidden value uniformly with the caller's ``rng`` (docs/metrics.md#shared-machinery: "hidden factors filled at
   random"); without an ``rng`` (or an explicit ``hidden=``) ``index_of`` refuses rather than
   silently picking one instance.
 * A *view* (``view``, :mod:`vaelab.data.views`) maps the stored gather to the shown images, drawing

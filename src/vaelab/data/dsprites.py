@@ -7,7 +7,7 @@ does) and checked against ``latents_values``. Subsets with 5 latents (no colour 
 the shared ``dsprites_downsampled.npz`` are accepted; their classes are already re-indexed.
 
 The 3 GB of pixels are streamed once out of the (compressed) zip member into a cached
-``images.npy`` (``N x 1 x 64 x 64``, pixels mapped to 0/255 per SPEC 1.1, canonical grid order)
+``images.npy`` (``N x 1 x 64 x 64``, pixels mapped to 0/255 per docs/conventions.md#tensors, canonical grid order)
 that later loads are a copy-on-write memory map of.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ OFFICIAL_FILE = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
 DEFAULT_PATH = f"dsprites/{OFFICIAL_FILE}"
 URL = f"https://github.com/deepmind/dsprites-dataset/raw/master/{OFFICIAL_FILE}"
 
-# deepmind's metadata["latents_names"] / ["latents_sizes"] / ["latents_possible_values"] (SPEC 6)
+# deepmind's metadata["latents_names"] / ["latents_sizes"] / ["latents_possible_values"] (docs/datasets.md#dsprites)
 FACTOR_NAMES = ("color", "shape", "scale", "orientation", "posX", "posY")
 FACTOR_SIZES = (1, 3, 6, 40, 32, 32)
 FACTOR_VALUES = (
@@ -170,7 +170,7 @@ def _extract(path: Path, entry: Path, key: dict):
                         chunk = np.frombuffer(buf, dtype=np.uint8).reshape(r, 1, h, w)
                         top = int(chunk.max()) if r else 0
                         if scale is None and top > 0:
-                            scale = 255 if top == 1 else 1  # SPEC 1.1: 0/1 pixels -> 0/255
+                            scale = 255 if top == 1 else 1  # docs/conventions.md#tensors: 0/1 pixels -> 0/255
                         if scale == 255 and top > 1:
                             raise VaelabError(f"{path}: 'imgs' mixes 0/1 and 0..255 pixels")
                         chunk = chunk * np.uint8(scale or 1)

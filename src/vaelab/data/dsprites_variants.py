@@ -1,7 +1,7 @@
 """disentanglement_lib's dSprites variants: ``dsprites-color``, ``dsprites-noisy``, ``dsprites-scream``.
 
 dlib ``disentanglement_lib/data/ground_truth/dsprites.py`` (ColorDSprites, NoisyDSprites,
-ScreamDSprites; SPEC 6): the dSprites grid and factors, shown in 3 channels with noise that is not
+ScreamDSprites; docs/datasets.md#dsprites-variants): the dSprites grid and factors, shown in 3 channels with noise that is not
 a factor, drawn anew for every image drawn:
 
 * colour: the sprite times one colour U(0.5, 1)^3 per image, background black;

@@ -23,7 +23,7 @@ from .prepare import (FULL, IMAGE_EXTENSIONS, Crops, ImageSource, StackRule, bui
                       open_entry, prepare_images, progress, read_manifest, sha256_names, transform_image, warn_once)
 from .registry import DatasetSpec, missing_data, register
 
-DEFAULT_SIZE = 64  # 64 x 64: 1Konny/Beta-VAE, ipeis/UG-VAE, dlib (SPEC 6)
+DEFAULT_SIZE = 64  # 64 x 64: 1Konny/Beta-VAE, ipeis/UG-VAE, dlib (docs/datasets.md)
 
 
 def _whole_set(name: str, split: str) -> None:
@@ -54,7 +54,7 @@ def _has_images(folder: Path) -> bool:
 
 
 # ============================================================================================ CelebA
-CELEBA_ATTRIBUTES = (  # list_attr_celeba.txt, line 2 (index 20 = Male, SPEC 6)
+CELEBA_ATTRIBUTES = (  # list_attr_celeba.txt, line 2 (index 20 = Male, docs/datasets.md#celeba)
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",
     "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby",
     "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male",
@@ -177,7 +177,7 @@ def load_celeba(root: Path | None = None, split: str = "train", size: int | None
     split: "train" / "val" / "test" from ``list_eval_partition.txt`` when present (without it,
     "train" means every image present, with a warning); "all" = every image.
     preprocess: "resize" (squash 178x218 to size x size: 1Konny, UG-VAE, Keras) or
-    "center_crop_148" then resize (AntixK / seed 003)."""
+    "center_crop_148" then resize (AntixK/PyTorch-VAE, as scarletteshu/Pytorch-bcvae uses it)."""
     size = check_size(size, DEFAULT_SIZE, CELEBA_SIZES, "celeba")
     if split not in ("train", "val", "test", "all"):
         raise VaelabError(f"celeba splits are 'train', 'val', 'test' and 'all', not {split!r}")
@@ -340,7 +340,7 @@ _CARS_GLOB = "car_*_mesh.mat"
 def _cars_mats(folder: Path) -> list[Path]:
     for d in (folder, folder / "data" / "cars", folder / "cars"):
         if d.is_dir():
-            mats = sorted(d.glob(_CARS_GLOB))  # object index = position in the sorted list (SPEC 6)
+            mats = sorted(d.glob(_CARS_GLOB))  # object index = position in the sorted list (docs/datasets.md#cars3d)
             if mats:
                 return mats
     return []
@@ -467,7 +467,7 @@ def load_faces(root: Path | None = None, split: str = "train", size: int | None 
 
 
 _CSV_NAMES = ("factors.csv", "labels.csv", "annotations.csv")
-N_BINS = 20  # continuous factors -> 20 equal-width bins (dlib's discretisation for MIG/SAP/DCI, SPEC 5)
+N_BINS = 20  # continuous factors -> 20 equal-width bins (dlib's discretisation for MIG/SAP/DCI, docs/metrics.md#shared-machinery)
 MAX_DISCRETE = 20  # numeric columns with more distinct values than this are binned
 
 
@@ -559,7 +559,7 @@ def encode_factor(raw: list[str]):
         "categorical", labels
 
 
-BOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")  # VOC bndbox names, as in seed 002's XYS annotations
+BOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")  # VOC bndbox names, as in Near32/PYTORCH_VAE's XYS annotations
 _BOX_COLUMN = re.compile(r"^(.+)_(xmin|ymin|xmax|ymax)$")
 
 
@@ -639,9 +639,9 @@ def load_image_folder(root: Path | None = None, split: str = "train", size: int 
     values, or 0..k-1 with the labels in ``meta["factor_labels"]`` for text) or, numeric with more than
     20 distinct values, binned into 20 equal-width bins (``factor_values`` = bin centres, the raw
     values per image in ``meta["continuous_values"]``). Not a grid. A file name without an image
-    extension (seed 002's XYS annotations) matches the one image with that name plus an extension.
+    extension (Near32/PYTORCH_VAE's XYS annotations) matches the one image with that name plus an extension.
 
-    Crop boxes and stacked channels (SPEC 6; seed 002's XYS): CSV columns ``NAME_xmin, NAME_ymin,
+    Crop boxes and stacked channels (docs/datasets.md#image-folders; Near32/PYTORCH_VAE's XYS): CSV columns ``NAME_xmin, NAME_ymin,
     NAME_xmax, NAME_ymax`` give box NAME of each image (never factors), in pixels times ``box_scale``
     (XYS: 2, boxes at twice the image resolution). ``stack`` builds the channels from the whole image
     (``full``) and named boxes, each ``grey`` (default, 1 channel) or ``rgb`` (3), resized to
@@ -770,7 +770,7 @@ register(DatasetSpec(
     loader=load_chairs,
     description="3D Chairs renders; factors model, elevation, azimuth from the file names",
     factors=[("model", 1393), ("elevation", 2), ("azimuth", 31)],
-    count=86_366,  # 1,393 models x 62 views (SPEC 6: unverified)
+    count=86_366,  # 1,393 models x 62 views (docs/datasets.md#3d-chairs: unverified)
     image_shape=(3, 64, 64),
     files=["chairs/rendered_chairs"],
     fetch_command="vaelab data fetch chairs",

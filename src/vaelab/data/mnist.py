@@ -1,6 +1,6 @@
 """MNIST from the original IDX files (gzipped or raw), train and t10k (test).
 
-IDX (SPEC 6): big-endian int32 header -- images: magic 2051, count, rows, cols, then uint8 pixels;
+IDX (docs/datasets.md#mnist): big-endian int32 header -- images: magic 2051, count, rows, cols, then uint8 pixels;
 labels: magic 2049, count, then uint8 labels. The digit is a 10-class factor (not a grid).
 The whole set is 55 MB of uint8, so it is read into memory (no cache needed).
 """
@@ -24,7 +24,7 @@ FILES = {  # split -> (images, labels) base names (".gz" optional on disk)
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 COUNTS = {"train": 60_000, "test": 10_000}
-MD5 = {  # of the .gz files (SPEC 6)
+MD5 = {  # of the .gz files (docs/datasets.md#mnist)
     "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
     "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
     "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",

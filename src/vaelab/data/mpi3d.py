@@ -10,7 +10,7 @@ fastest); no labels are stored -- the order *is* the labelling (dataset README):
     real_complex  real3d_complicated_shapes_ordered.npz   4, 4, 2, 3, 3, 40, 40  (460,800)
                   (or mpi3d_real_complex.npz)
 
-dlib hard-codes 4, 4 for toy/realistic (the first release); SPEC 6 follows the dataset README (6, 6),
+dlib hard-codes 4, 4 for toy/realistic (the first release); docs/datasets.md#mpi3d follows the dataset README (6, 6),
 and the image count must match. The npz is opened without unpickling. An uncompressed ``images``
 member (``np.savez``, as published) is memory-mapped in place (zero copy, ``N x C x H x W`` as a
 permuted view); a compressed one is streamed once into a cached ``N x 3 x 64 x 64`` copy.
@@ -49,7 +49,7 @@ FILES = {
     "real": ("mpi3d_real.npz",),
     "real_complex": ("real3d_complicated_shapes_ordered.npz", "mpi3d_real_complex.npz"),
 }
-# variant -> factor sizes (dataset README; SPEC 6). A table, so tests can shrink it.
+# variant -> factor sizes (dataset README; docs/datasets.md#mpi3d). A table, so tests can shrink it.
 FACTOR_SIZES = {
     "toy": (6, 6, 2, 3, 3, 40, 40),
     "realistic": (6, 6, 2, 3, 3, 40, 40),

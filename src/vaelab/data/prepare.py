@@ -43,7 +43,7 @@ MANIFEST_FORMAT = "vaelab-prepared/1"
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                               ".ppm", ".pgm", ".pbm"})
 PREPROCESS = ("resize", "center_crop_148")
-# CelebA's 178 x 218 aligned faces: centre 148 x 148 crop (AntixK/PyTorch-VAE, seed 003's recipe; SPEC 6)
+# CelebA's 178 x 218 aligned faces: centre 148 x 148 crop (AntixK/PyTorch-VAE, as scarletteshu/Pytorch-bcvae uses it; docs/datasets.md#celeba)
 CENTER_CROP = 148
 
 
@@ -572,7 +572,7 @@ STACK_MODES = {"grey": 1, "gray": 1, "rgb": 3}
 
 @dataclass(frozen=True)
 class StackRule:
-    """Channels built from named crops (SPEC 6, seed 002's XYS stacking): each entry is the whole image
+    """Channels built from named crops (docs/datasets.md#image-folders, Near32/PYTORCH_VAE's XYS stacking): each entry is the whole image
     (``full``) or a named box, in ``grey`` (1 channel) or ``rgb`` (3), cropped, resized to the target
     size, and the channels concatenated in entry order. XYS: ``full,reye,leye`` (three grey channels)."""
 
@@ -643,9 +643,9 @@ def decode_stacked(data: bytes, *, rule: StackRule, boxes: np.ndarray, scale: fl
     """Image bytes -> (``C x size x size`` uint8 built by ``rule``, number of boxes clipped to the image).
 
     A box (in box units, divided by ``scale``) covers pixels ``floor(xmin/scale) .. floor(xmax/scale) - 1``
-    (seed 002's ``int(v / scalar)`` slicing); a box reaching past the border is clipped to the image (as
-    seed 002's datasetXYS.py does); a box with nothing inside the image is an error. Each crop is resized
-    straight to ``size`` (seed 002 resized crops to the image size, then the stack: two bilinear steps)."""
+    (Near32/PYTORCH_VAE's ``int(v / scalar)`` slicing); a box reaching past the border is clipped to the image (as
+    Near32/PYTORCH_VAE's datasetXYS.py does); a box with nothing inside the image is an error. Each crop is resized
+    straight to ``size`` (Near32/PYTORCH_VAE resized crops to the image size, then the stack: two bilinear steps)."""
     from PIL import Image
 
     try:
@@ -789,7 +789,7 @@ def prepare_images(source: str | os.PathLike | ImageSource, *, size: int = 64, c
                               crops=crops)
         if clipped:
             warn_once(f"{src.path}: {clipped:,} crop box(es) reach past their image's border; clipped to the "
-                      f"image (as seed 002's datasetXYS.py does)")
+                      f"image (as Near32/PYTORCH_VAE's datasetXYS.py does)")
             return {"clipped_boxes": clipped}
         return None
 

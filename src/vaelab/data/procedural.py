@@ -2,7 +2,7 @@
 
 Same grid, factor values and index order as deepmind/dsprites-dataset
 (``dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz``, colour factor hidden): ``images[i]``
-shows what ``imgs[i]`` of the official file shows, with pixels 0/255 (SPEC 1.1).
+shows what ``imgs[i]`` of the official file shows, with pixels 0/255 (docs/conventions.md#tensors).
 
 Geometry (pixel coordinates, x = column, y = row pointing down, pixel (i, j) has its centre
 at (j + 0.5, i + 0.5)): a sprite is centred at (16 + 32 posX, 16 + 32 posY), scaled by
@@ -41,10 +41,10 @@ NAME = "dsprites-procedural"
 VERSION = 1  # bump when the renderer's output changes: the cache file name carries it
 SIDE = 64
 FACTOR_NAMES = ["shape", "scale", "orientation", "posX", "posY"]
-FACTOR_SIZES = [3, 6, 40, 32, 32]  # SPEC 6 (official grid without the size-1 colour factor)
+FACTOR_SIZES = [3, 6, 40, 32, 32]  # docs/datasets.md#procedural-dsprites (official grid without the size-1 colour factor)
 COUNT = int(np.prod(FACTOR_SIZES))  # 737,280
 SHAPE_NAMES = ["square", "ellipse", "heart"]  # official latents_values 1, 2, 3
-# Factor values as in the official latents_values (SPEC 6).
+# Factor values as in the official latents_values (docs/datasets.md#dsprites).
 SCALES = np.linspace(0.5, 1.0, 6)
 ORIENTATIONS = np.linspace(0.0, 2 * np.pi, 40)
 POSITIONS = np.linspace(0.0, 1.0, 32)
@@ -56,7 +56,7 @@ _BASES = np.array([6 * 40 * 32 * 32, 40 * 32 * 32, 32 * 32, 32, 1], dtype=np.int
 # value sits at a sharp optimum: moving it by 0.005 px adds >10% mismatches).
 CENTRE_OFFSET = 16.0  # sprite centre = CENTRE_OFFSET + CENTRE_SPAN * pos, both axes
 CENTRE_SPAN = 32.0
-SQUARE_HALF = 9.6  # half side; 19.2^2 = 368.6 px, the "about 368 px" of SPEC 6
+SQUARE_HALF = 9.6  # half side; 19.2^2 = 368.6 px, the "about 368 pixels" of docs/datasets.md#procedural-dsprites
 ELLIPSE_A = 12.763  # semi-axis along x at orientation 0
 ELLIPSE_B = 7.215  # semi-axis along y
 HEART_X = 9.595  # x = HEART_X sin^3 t  (the classic curve's 16 sin^3 t, scaled)

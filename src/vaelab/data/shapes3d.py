@@ -2,7 +2,7 @@
 
 Layout: ``images`` 480,000 x 64 x 64 x 3 uint8 and ``labels`` 480,000 x 6 float64 (floor_hue,
 wall_hue, object_hue, scale, shape, orientation; sizes 10, 10, 10, 8, 4, 15; orientation fastest).
-Factor values are hard-coded (SPEC 6) and the labels are matched against them.
+Factor values are hard-coded (docs/datasets.md#3d-shapes) and the labels are matched against them.
 
 h5py is optional and imported only here. An uncompressed, contiguous ``images`` dataset is
 memory-mapped straight out of the h5 file (zero copy, ``N x C x H x W`` as a permuted view);
@@ -31,7 +31,7 @@ URL = "https://storage.googleapis.com/3d-shapes/3dshapes.h5"
 
 FACTOR_NAMES = ("floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation")
 FACTOR_SIZES = (10, 10, 10, 8, 4, 15)
-FACTOR_VALUES = (  # SPEC 6 (scale is linspace(0.75, 1.25, 8), not the README's [0, 1])
+FACTOR_VALUES = (  # docs/datasets.md#3d-shapes (scale is linspace(0.75, 1.25, 8), not the README's [0, 1])
     np.linspace(0.0, 0.9, 10),
     np.linspace(0.0, 0.9, 10),
     np.linspace(0.0, 0.9, 10),

@@ -1,6 +1,6 @@
 """SmallNORB (NYU small NORB v1.0) as disentanglement_lib uses it: both splits merged, instance hidden.
 
-Six files (SPEC 6), plain or gzipped as distributed, in ``<data>/smallnorb/``::
+Six files (docs/datasets.md#smallnorb), plain or gzipped as distributed, in ``<data>/smallnorb/``::
 
     smallnorb-5x46789x9x18x6x2x96x96-training-{dat,cat,info}.mat   (instances 4, 6, 7, 8, 9)
     smallnorb-5x01235x9x18x6x2x96x96-testing-{dat,cat,info}.mat    (instances 0, 1, 2, 3, 5)

@@ -2,7 +2,7 @@
 
 Datasets keep their pixels as one uint8 tensor and a batch is one indexed gather (DESIGN.md). A
 dataset whose images carry noise that is not a factor (disentanglement_lib's colour, noisy and
-scream dSprites: SPEC 6) stores the noise-free images and has a *view*: a callable mapping the
+scream dSprites: docs/datasets.md#dsprites-variants) stores the noise-free images and has a *view*: a callable mapping the
 stored gather of any leading shape (``N x 1 x 64 x 64``, or ``M x B x 1 x 64 x 64`` in a vmapped
 sweep) to the shown uint8 images (``N x 3 x 64 x 64``), drawing its noise with torch ops from the
 given ``torch.Generator`` (or the default generator of the batch's device). Only tensor ops, no host
@@ -47,7 +47,7 @@ def torch_generator(rng: np.random.Generator | int | None, device="cpu") -> torc
 
 
 def _to_uint8(v: torch.Tensor) -> torch.Tensor:
-    """Values in [0, 1] -> uint8 0..255, rounded (SPEC 1.1)."""
+    """Values in [0, 1] -> uint8 0..255, rounded (docs/conventions.md#tensors)."""
     return v.mul_(255.0).round_().to(torch.uint8)
 
 

@@ -1,4 +1,4 @@
-"""Per-image Pascal-VOC-style XML annotations -> the CSV the image-folder dataset reads (SPEC 6).
+"""Per-image Pascal-VOC-style XML annotations -> the CSV the image-folder dataset reads (docs/datasets.md#image-folders).
 
 One XML file per image (``<annotation><filename>..</filename><object><name>reye</name><bndbox>
 <xmin/><ymin/><xmax/><ymax/></bndbox></object>..</annotation>``, plus any extra elements) becomes one
@@ -6,7 +6,7 @@ CSV row: ``file`` from ``<filename>``; box columns ``NAME_xmin, NAME_ymin, NAME_
 each ``<object>``'s name and bndbox (values copied as written, in the XML's units: XYS boxes are at
 twice the image resolution, so load with ``box_scale=2``); one column per requested factor, read from
 an element path (ElementTree's path syntax, relative to the root element, e.g. ``data/head/x``) as
-written, or the exact decimal sum of several numeric paths (seed 002's XYS gaze factor = gaze
+written, or the exact decimal sum of several numeric paths (Near32/PYTORCH_VAE's XYS gaze factor = gaze
 position + camera-screen-centre offset, ``datasetXYS.py``).
 
 Rules (each breach is one :class:`VaelabError` line naming the XML file):
@@ -15,7 +15,7 @@ Rules (each breach is one :class:`VaelabError` line naming the XML file):
 - every box used must be in every file: a box name missing from some files is an error that names
   the first such file -- choose the boxes to import (``boxes=["reye", "leye"]``, ``--boxes``) or none;
 - a file without ``<filename>`` (or with an empty one) uses its own path under the annotations folder
-  without ``.xml`` (seed 002's images and annotations share their stems); two files naming the same
+  without ``.xml`` (Near32/PYTORCH_VAE's images and annotations share their stems); two files naming the same
   image are refused.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ _RESERVED = ("file", "filename", "path")  # image-folder's file-column names
 _BOX_COLUMN = re.compile(r"^(.+)_(xmin|ymin|xmax|ymax)$")  # such columns are boxes, never factors
 FULL = "full"  # the stack rule's whole image; a box of that name could never be stacked
 
-# Seed 002's XYS-latent annotations, as Near32/PYTORCH_VAE datasetXYS.py reads them:
+# Near32/PYTORCH_VAE's XYS-latent annotations, as its datasetXYS.py reads them:
 # <data><gaze_position><x/><y/></gaze_position><camera_screen_center_offset><x/><y/><fov/></...>
 # <head><head_camera_distance/>...</head></data>; gaze = gaze_position + camera_screen_center_offset
 # (its __getitem__), the S factor = head_camera_distance; objects face, reye, leye (boxes at twice the
@@ -355,9 +355,9 @@ def import_voc(annotations: str | os.PathLike, out: str | os.PathLike | None = N
 
     annotations: folder searched recursively for ``*.xml``. out: the CSV (default ``factors.csv`` in
     ``images``, else in ``annotations``; an existing file needs ``force=True``). images: the image
-    folder the CSV is for (seed 002 keeps ``annotations/`` and ``images/`` apart). factors: name ->
+    folder the CSV is for (Near32/PYTORCH_VAE keeps ``annotations/`` and ``images/`` apart). factors: name ->
     element path (text as written) or list of paths (numeric sum); sums: name -> "P+P" or list of
-    paths; preset "xys": seed 002's gaze_x, gaze_y (gaze + camera-screen-centre offset) and
+    paths; preset "xys": Near32/PYTORCH_VAE's gaze_x, gaze_y (gaze + camera-screen-centre offset) and
     head_camera_distance. boxes: see :func:`read_voc`.
 
     XYS: ``import_voc("dataset-XYS-latent/annotations", images="dataset-XYS-latent/images",

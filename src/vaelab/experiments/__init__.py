@@ -1,4 +1,4 @@
-"""UG-VAE experiments (SPEC §7; paper §4): interpolation, domain alignment, global structure.
+"""UG-VAE experiments (docs/experiments.md; paper §4): interpolation, domain alignment, global structure.
 
 Each takes a UG-VAE run folder (or a loaded run), works with the model in eval mode without gradients and a
 seeded RNG, and writes its figures (PNG, PDF) and a JSON of its numbers (with a ``summary`` dict and a

@@ -1,4 +1,4 @@
-"""Shared machinery of the UG-VAE experiments (SPEC §7 product rules).
+"""Shared machinery of the UG-VAE experiments (docs/experiments.md#product-rules).
 
 * :func:`load_ugvae_run` opens any UG-VAE run folder: dims come from its checkpoint, the model is in
   eval mode; a run of another objective is a :class:`VaelabError` (one line, exit 2 from the CLI).
@@ -21,7 +21,7 @@ from ..data.base import FactorDataset
 from ..errors import VaelabError
 
 EXPERIMENTS_DIR = "experiments"
-DEFAULT_FORMATS = ("png", "pdf")  # SPEC §7: PNG + PDF figures
+DEFAULT_FORMATS = ("png", "pdf")  # docs/experiments.md#product-rules: PNG + PDF figures
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -151,7 +151,7 @@ def decode_means(model, z: torch.Tensor, beta: torch.Tensor, chunk: int = 1024) 
 
 def embed_2d(x: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:
     """2-D embedding of the rows of ``x``: t-SNE (sklearn defaults, perplexity capped for small
-    sets; SPEC §7) or PCA."""
+    sets; docs/experiments.md#product-rules) or PCA."""
     x = np.asarray(x, dtype=np.float64)
     n = len(x)
     if n == 0:
@@ -184,7 +184,7 @@ def chance_rate(y) -> float:
 
 
 def holdout_svm(x: np.ndarray, y, seed: int = 42) -> dict:
-    """SPEC §7 (reference ``celeba_attributes.py``): StandardScaler + SVC, linear and RBF
+    """docs/experiments.md#classifier-protocol (reference ``celeba_attributes.py``): StandardScaler + SVC, linear and RBF
     (gamma = 1/n_features), ``train_test_split(test_size=0.2, random_state=42)``.
     Returns train/test accuracies of both and the chance rate of the test labels."""
     from sklearn.model_selection import train_test_split

@@ -1,4 +1,4 @@
-"""UG-VAE domain alignment (paper §4.2; SPEC §7; seed 004 ``experiments/domain_alignment.py``).
+"""UG-VAE domain alignment (paper §4.2; docs/experiments.md#domain-alignment; ipeis/UG-VAE ``experiments/domain_alignment.py``).
 
 On a two-domain dataset, encode one-domain batches (half from each domain) and mixed batches (each image's
 domain with p ½) to their global means μ_β; map them in 2-D (t-SNE or PCA) coloured by domain, with the
@@ -8,14 +8,14 @@ Numbers:
 * ``domain_accuracy``: cross-validated accuracy (stratified 5-fold, StandardScaler + logistic regression)
   of telling the domain of a one-domain batch from μ_β, against ``random_label_accuracy``, the same with
   the labels randomly permuted (and ``chance``, the majority rate);
-* held-out SVM accuracies (SPEC §7 protocol) of the same task;
+* held-out SVM accuracies (the protocol of docs/experiments.md#classifier-protocol) of the same task;
 * ``mixed_position``: where mixed batches fall on the line between the two domains' mean μ_β
   (0 = domain A's mean, 1 = domain B's), and its correlation with each mixed batch's fraction of B images.
 
 Domains: the run's own dataset when it has a ``domain`` factor (celeba_faces, cars_chairs,
 mnist_inverted_mix, ...); ``domains=[A, B]`` names two datasets (``NAME``, ``NAME=ROOT``, or
 ``NAME-inverted`` for 255 − images); an MNIST run without a second domain gets MNIST vs inverted MNIST.
-Mode ``reference`` reproduces the seed's map: mixed batches only, each labelled by its first image.
+Mode ``reference`` reproduces the reference's map: mixed batches only, each labelled by its first image.
 """
 from __future__ import annotations
 
@@ -198,7 +198,7 @@ def run_domain_alignment(run, *, domains=None, n_batches: int = 100, mixed_batch
         single_lab = dom[single[:, 0]]
         mix, mix_frac = np.zeros((0, bs), np.int64), np.zeros(0)
         res.note("mode 'reference': the map batches are mixed (each image's domain with p 1/2) and labelled by "
-                 "their first image, as seed 004 does; the label says little about the batch, so the "
+                 "their first image, as ipeis/UG-VAE does; the label says little about the batch, so the "
                  "classifier is expected near chance")
     pair = [common.random_batches(pools[d], 1, bs, rng)[0] for d in (0, 1)]
 
@@ -232,7 +232,7 @@ def run_domain_alignment(run, *, domains=None, n_batches: int = 100, mixed_batch
                  "domain B's (1); about 0.5 when the global latent encodes the batch's domain mix")
     res.note(f"domain_accuracy: {cv.get('folds', '?')}-fold cross-validated accuracy (StandardScaler + logistic "
              f"regression) on the one-domain batches' μ_β; random_label_accuracy: the same with the labels "
-             f"permuted at random (mean of 5 draws); svm_*_test: SPEC §7 protocol (StandardScaler + SVC, "
+             f"permuted at random (mean of 5 draws); svm_*_test: the protocol of docs/experiments.md#classifier-protocol (StandardScaler + SVC, "
              f"train_test_split(test_size=0.2, random_state=42))")
 
     # interpolation between one batch of each domain

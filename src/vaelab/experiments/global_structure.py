@@ -1,15 +1,15 @@
-"""What UG-VAE's global latent captures (paper §4.3; SPEC §7).
+"""What UG-VAE's global latent captures (paper §4.3; docs/experiments.md).
 
-(a) ``attributes`` (seed 004 ``experiments/celeba_attributes.py``): batches whose images all have an attribute
+(a) ``attributes`` (ipeis/UG-VAE ``experiments/celeba_attributes.py``): batches whose images all have an attribute
     (default ``Male``), batches whose images all lack it, and random batches -> global means μ_β (π from μ_z);
     2-D map; StandardScaler + SVC (linear; RBF with gamma 1/n_features),
     ``train_test_split(test_size=0.2, random_state=42)``, for attribute vs not and for the three classes.
     Batches are drawn at random from the run's split (the reference takes them in file order:
     a documented defect).
-(b) ``series`` (seed 004 ``experiments/mnist_series.py``): MNIST batches whose digits follow a rule (even, odd,
+(b) ``series`` (ipeis/UG-VAE ``experiments/mnist_series.py``): MNIST batches whose digits follow a rule (even, odd,
     Fibonacci, primes; :mod:`vaelab.experiments.series`) vs random batches; 2-D maps of local means μ_z
     (coloured by digit) and global means μ_β (coloured by rule); classifiers for rule vs random and for the
-    five classes, held out (SPEC §7 protocol) and 5-fold cross-validated with a random-label baseline.
+    five classes, held out (the protocol of docs/experiments.md#classifier-protocol) and 5-fold cross-validated with a random-label baseline.
 
 ``kind = "auto"`` picks (b) for a dataset with a ``digit`` factor and (a) for one with the attribute.
 """
@@ -123,7 +123,7 @@ def _attributes(res, ds, model, attribute, n_attr, n_random, bs, rng, embed, see
              "train_test_split(test_size=0.2, random_state=42) as the reference; *_cv_*: 5-fold cross-validated "
              "logistic regression and the same with permuted labels")
     res.note("reference (CelebA, 20/50/20, 20 epochs): two-class 100 % train / 85 % test; three classes linear "
-             "84/66 %, RBF 89/63 % (SPEC §8, code comments)")
+             "84/66 %, RBF 89/63 % (docs/targets.md#targets, code comments)")
 
     emb = common.embed_2d(mb, embed, seed)
     fig, ax = common.new_figure(1, 1, figsize=(6, 5))
@@ -170,7 +170,7 @@ def _series(res, ds, model, n_series, n_random, n_local, bs, rng, embed, seed, f
              f"{ds.meta.get('split', '?')} ({len(ds):,} images); each series batch is 128 consecutive digits "
              "(wrapping) of a rule's first 256 stream digits, each digit a random MNIST image of that class")
     res.note("series_* : rule (any) vs random batch from μ_β. *_linear_/*_rbf_test: held-out accuracy, "
-             "StandardScaler + SVC, train_test_split(test_size=0.2, random_state=42) (SPEC §7); *_chance_test: "
+             "StandardScaler + SVC, train_test_split(test_size=0.2, random_state=42) (docs/experiments.md#classifier-protocol); *_chance_test: "
              "majority-class rate of that test set. series_cv_accuracy: 5-fold cross-validated logistic "
              "regression; series_cv_random_labels: the same with permuted labels. five_class: random / even / "
              "odd / Fibonacci / primes; rule_cv: which rule, among series batches only")

@@ -1,4 +1,4 @@
-"""UG-VAE interpolation (paper §4.1; SPEC §7; seed 004 ``experiments/interpolation.py``).
+"""UG-VAE interpolation (paper §4.1; docs/experiments.md#interpolation; ipeis/UG-VAE ``experiments/interpolation.py``).
 
 * ``encoding``: two batches; μ_z of each batch's first image and μ_β of each batch (π from μ_z); rows move
   β from batch A's to batch B's, columns move z from image a's to image b's; one steps×steps grid.

@@ -1,11 +1,11 @@
-"""MNIST series batches (SPEC §7, seed 004 ``datasets.py`` MnistSeries).
+"""MNIST series batches (docs/experiments.md#series-rules, ipeis/UG-VAE ``datasets.py`` MnistSeries).
 
 A *series* is a sequence of 256 members following a rule (even 2n, odd 2n + 1, Fibonacci 0, 1, 1, 2, ...,
 primes 2, 3, 5, ...). Its members are written in decimal and their digits concatenated; the stream is cut
 to its first 256 digits. A batch takes one rule uniformly, a uniform start in the stream and 128
 consecutive digits (wrapping modulo 256), and draws each digit as a random MNIST image of that class.
 The reference draws each class's images in file order and never resets those iterators; here they are
-drawn at random (SPEC §7). The reference's optional per-member offset/scale is not implemented.
+drawn at random (docs/experiments.md#series-rules). The reference's optional per-member offset/scale is not implemented.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import numpy as np
 from ..errors import VaelabError
 
 RULES = ("even", "odd", "fibonacci", "primes")
-MEMBERS = 256  # members per sequence (seed 004)
-STREAM_LENGTH = 256  # digits kept of the concatenated stream (seed 004)
+MEMBERS = 256  # members per sequence (ipeis/UG-VAE)
+STREAM_LENGTH = 256  # digits kept of the concatenated stream (ipeis/UG-VAE)
 
 
 def _primes(n: int) -> list[int]:

@@ -1,4 +1,4 @@
-"""Disentanglement metrics, as google-research/disentanglement_lib defines them (SPEC.md section 5).
+"""Disentanglement metrics, as google-research/disentanglement_lib defines them (docs/metrics.md).
 
 Array cores (numpy in, Python numbers out; codes ``N x D`` float, factors ``N x K`` int):
 ``mig``, ``sap``, ``dci``, ``modularity_explicitness``, ``irs``, ``gaussian_total_correlation``,

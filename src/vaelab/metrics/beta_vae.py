@@ -1,5 +1,5 @@
 """BetaVAE score (Higgins et al.), as dlib ``evaluation/metrics/beta_vae.py`` + ``beta_vae_sklearn.gin``
-computes it (SPEC.md 5.1). Grid datasets only.
+computes it (docs/metrics.md#betavae-score). Grid datasets only.
 
 A point: k ~ U{0..K-1}; two draws F1, F2 of L = 64 factor rows with F2[:, k] = F1[:, k]; encode both;
 feature = (1/L) sum_l |z1_l - z2_l|, label k. A ``LogisticRegression`` (C 1, L2, 100 iterations, unscaled

@@ -1,5 +1,5 @@
 """Disentanglement, Completeness, Informativeness (Eastwood & Williams), as dlib
-``evaluation/metrics/dci.py`` computes it (SPEC.md 5.5).
+``evaluation/metrics/dci.py`` computes it (docs/metrics.md#dci).
 
 Per factor k a ``GradientBoostingClassifier()`` (100 stages, learning rate 0.1, depth 3) on all D codes;
 R[:, k] = |feature_importances_|; informativeness = mean accuracy on train / test (higher is better).

@@ -1,6 +1,6 @@
 """``evaluate``: every metric on one model, the numbers in one namespaced dict, saved as ``eval.json``.
 
-The default profile uses dlib's study counts (SPEC.md 5); ``fast`` draws 10x fewer points (for use during
+The default profile uses dlib's study counts (docs/metrics.md#defaults); ``fast`` draws 10x fewer points (for use during
 training). Each metric gets its own ``numpy.random.Generator`` from ``seed``; codes are cached per dataset
 row and shared by all metrics (the encoder is deterministic), so the dominant cost is encoding the
 distinct images BetaVAE and FactorVAE touch plus DCI's gradient-boosted trees.
@@ -170,7 +170,7 @@ def _iid_rows(ds, seed: int, n: int) -> np.ndarray:
 
 def _run_elbo(sampler, seed, kw, ctx):
     """The model's fit on ``num_train`` images drawn i.i.d. with ``seed`` (the rows ``latent`` uses), in
-    nats per image (SPEC 1.3 reductions): ``reconstruction`` -log p(x|z) with one posterior draw z
+    nats per image (the reductions of docs/conventions.md#reduction): ``reconstruction`` -log p(x|z) with one posterior draw z
     (seeded), ``kl`` KL(q(z|x) || N(0, I)), ``elbo`` = -(reconstruction + kl), and
     ``reconstruction_at_mean`` -log p(x|mu) (no noise). The β-VAE trade-off: how much fit each setting
     of a sweep gave up for its scores."""
@@ -402,7 +402,7 @@ def _write_json(path: Path, data: dict):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1)  # inf stays Infinity (Python's JSON), SPEC 5.8
+        json.dump(data, fh, indent=1)  # inf stays Infinity (Python's JSON), docs/metrics.md#unsupervised-scores
         fh.write("\n")
     os.replace(tmp, path)
 
@@ -560,7 +560,7 @@ def evaluate(run_or_encode, dataset=None, metrics="all", seed: int = 0, profile:
         metrics that cannot apply (no factors, not a grid) are skipped with the reason recorded;
         naming one that cannot apply is an error.
     seed: every metric draws from ``numpy.random.default_rng(seed)``; no global RNG is touched.
-    profile: "default" (SPEC / dlib counts) or "fast" (10x fewer points, for use during training).
+    profile: "default" (dlib's study counts, docs/metrics.md#defaults) or "fast" (10x fewer points, for use during training).
     out: a folder (eval.json inside) or a .json file; default RUN/eval.json for runs.
     options: per-metric keyword overrides, e.g. ``{"dci": {"num_train": 1000}}``.
     n_jobs: processes for DCI's per-factor fits (None = all available cores; same numbers either way).

@@ -1,5 +1,5 @@
 """FactorVAE score (Kim & Mnih), as dlib ``evaluation/metrics/factor_vae.py`` + ``factor_vae_metric.gin``
-computes it (SPEC.md 5.2). Grid datasets only.
+computes it (docs/metrics.md#factorvae-score). Grid datasets only.
 
 1. s2_d = unbiased variance of each code over 10,000 images. 2. Active: sqrt(s2_d) >= threshold (an
 absolute std, 0.05 in the study; dlib's function default is 0); none active -> 0. 3. Vote: k ~ U{0..K-1};

@@ -1,4 +1,4 @@
-"""Shared machinery of the metric cores (SPEC.md section 5.0).
+"""Shared machinery of the metric cores (docs/metrics.md#shared-machinery).
 
 * input checks: codes ``N x D`` float, factors ``N x K`` int (one clear :class:`VaelabError` otherwise);
 * the histogram discretiser (dlib ``utils._histogram_discretize``): per code dimension, ``num_bins``

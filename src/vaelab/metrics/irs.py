@@ -1,5 +1,5 @@
 """Interventional Robustness Score (Suter et al.), as dlib ``evaluation/metrics/irs.py`` computes it
-(SPEC.md 5.7; outside the main study).
+(docs/metrics.md#irs; outside the main study).
 
 The 20-bin histogram discretiser is applied to the *factors*; zero-variance code dimensions are dropped
 (none left -> 0). MaxDev_l = max_n |z_nl - mean z_l|. For factor i and each binned value u: the subset

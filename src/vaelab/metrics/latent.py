@@ -1,7 +1,7 @@
 """Per-latent diagnostics from posterior parameters: KL per dimension and active units.
 
 * ``kl_per_latent(mu, logvar)``: batch mean of KL(q(z_j|x) || N(0, 1)) = 1/2 (mu^2 + sigma^2 - ln sigma^2 - 1)
-  per dimension (SPEC.md 1.4; traversals are ordered by it).
+  per dimension (docs/conventions.md#posterior-and-kl; traversals are ordered by it).
 * ``active_units(mu, threshold=0.01)``: Burda et al. (2016, "Importance Weighted Autoencoders"): a unit is
   active when the variance over the data of its posterior mean exceeds 0.01 (unbiased variance here).
 """

@@ -1,4 +1,4 @@
-"""Mutual Information Gap (Chen et al.), as dlib ``evaluation/metrics/mig.py`` computes it (SPEC.md 5.3).
+"""Mutual Information Gap (Chen et al.), as dlib ``evaluation/metrics/mig.py`` computes it (docs/metrics.md#mig).
 
 Codes are discretised with the 20-bin histogram discretiser; M[d, k] = I(z_d; v_k) (plug-in, nats);
 MIG = mean over factors of (largest - second largest of column k) / H(v_k).

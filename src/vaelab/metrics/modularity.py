@@ -1,5 +1,5 @@
 """Modularity and Explicitness (Ridgeway & Mozer), as dlib
-``evaluation/metrics/modularity_explicitness.py`` computes them (SPEC.md 5.6).
+``evaluation/metrics/modularity_explicitness.py`` computes them (docs/metrics.md#modularity-and-explicitness).
 
 Modularity (train sample): M = discrete MI (D x K) of the 20-bin discretised codes; t_d = max_k M_dk^2;
 delta_d = (sum_k M_dk^2 - t_d) / (t_d (K - 1)); modularity_d = 1 - delta_d, or 0 if t_d = 0;

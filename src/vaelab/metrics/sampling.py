@@ -1,4 +1,4 @@
-"""Drawing points from a :class:`~vaelab.data.FactorDataset` and encoding them (SPEC.md 5.0).
+"""Drawing points from a :class:`~vaelab.data.FactorDataset` and encoding them (docs/metrics.md#shared-machinery).
 
 ``encode(uint8 images B x C x H x W) -> B x D`` posterior means is deterministic, so codes are cached
 per dataset row: BetaVAE's 1.92 M draws and FactorVAE's 0.97 M draws on dSprites touch at most its

@@ -1,4 +1,4 @@
-"""Separated Attribute Predictability (Kumar et al.), as dlib ``evaluation/metrics/sap_score.py`` (SPEC.md 5.4).
+"""Separated Attribute Predictability (Kumar et al.), as dlib ``evaluation/metrics/sap_score.py`` (docs/metrics.md#sap).
 
 S[d, k]: discrete mode = test accuracy of ``LinearSVC(C=0.01, class_weight="balanced")`` fitted on the
 single, unscaled feature z_d to predict v_k; continuous mode = cov(z_d, v_k)^2 / (var z_d var v_k) on the

@@ -1,6 +1,6 @@
 """Many runs' scores in one table: the study view of a sweep (seeds × hyperparameters).
 
-disentanglement_lib's study reports each metric as the mean over seeds of every setting (SPEC 4.2).
+disentanglement_lib's study reports each metric as the mean over seeds of every setting (docs/recipes.md#disentanglement_lib-protocol).
 :func:`summarize` does that from the runs' ``eval.json`` results: runs whose labels agree once the
 seed is left out form one setting; each headline score becomes mean, sample standard deviation
 (None for a single run: one value has none) and count over the runs that have it, and the BetaVAE /

@@ -1,4 +1,4 @@
-"""Unsupervised scores, as dlib ``evaluation/metrics/unsupervised_metrics.py`` computes them (SPEC.md 5.8).
+"""Unsupervised scores, as dlib ``evaluation/metrics/unsupervised_metrics.py`` computes them (docs/metrics.md#unsupervised-scores).
 
 Sigma = unbiased covariance of the codes; lower = more factorised.
 * ``gaussian_total_correlation`` = 1/2 (sum_d ln Sigma_dd - ln det Sigma); a collapsed (constant) dimension

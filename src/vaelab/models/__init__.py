@@ -1,4 +1,4 @@
-"""Objectives (SPEC §3): one module per objective, a registry, and :func:`build_model`.
+"""Objectives (docs/objectives.md): one module per objective, a registry, and :func:`build_model`.
 
 ``build_model(cfg, image_shape, num_train)`` takes the [model] table of a config: the common keys
 ``objective, net, latent_dim, likelihood, variance, net_options`` plus the objective's own keys, flat.
@@ -41,7 +41,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "net": "burgess64",  # Burgess et al. 2018 (1Konny/Beta-VAE BetaVAE_B)
     "latent_dim": 10,  # every dSprites reference (1Konny, dlib, disvae)
     "likelihood": "bernoulli",  # 1Konny, dlib, disvae on dSprites
-    "variance": 0.5,  # σ² ½ = plain sum of squared errors (1Konny "gaussian", dlib l2_loss), SPEC §1.2
+    "variance": 0.5,  # σ² ½ = plain sum of squared errors (1Konny "gaussian", dlib l2_loss), docs/conventions.md#likelihoods
     "net_options": {},
 }
 COMMON_KEYS = ("objective",) + tuple(COMMON_DEFAULTS)

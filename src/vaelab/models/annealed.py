@@ -1,4 +1,4 @@
-"""``annealedvae`` (Burgess et al. 2018, "B"): loss = recon + γ·|KL − C(t)| (SPEC §3.3).
+"""``annealedvae`` (Burgess et al. 2018, "B"): loss = recon + γ·|KL − C(t)| (docs/objectives.md#annealedvae).
 
 C(t) = C_start + (C_max − C_start)·min(1, t/T) moves every iteration (1Konny/Beta-VAE, disvae, dlib);
 t = completed iterations. KL is the batch-mean total KL. In eval mode the loss uses C_max.

@@ -1,8 +1,8 @@
-"""The VAE base class every objective derives from (SPEC §1, §3.1).
+"""The VAE base class every objective derives from (docs/conventions.md, docs/objectives.md#vae-and-beta-vae).
 
 A model is an ``nn.Module`` holding an encoder (images -> ``B×2D``: μ then ln σ²) and a decoder
 (codes -> logits ``o``). ``loss(x, step)`` returns a dict of named terms with ``"loss"``; ``update``
-runs one whole training iteration (every optimiser once, SPEC §1.5). Both have static shapes and no
+runs one whole training iteration (every optimiser once, docs/conventions.md#training-conventions). Both have static shapes and no
 host synchronisation, so the trainer may run them eagerly, under ``torch.compile`` or inside a CUDA
 graph. ``step`` is a 0-dim tensor on the model's device or a Python int (completed iterations).
 
@@ -31,7 +31,7 @@ def step_tensor(step, device) -> torch.Tensor:
 
 
 class VAE(nn.Module):
-    """Plain VAE (``objective = "vae"``): loss = recon + KL, reduced per SPEC §1.3."""
+    """Plain VAE (``objective = "vae"``): loss = recon + KL, reduced per docs/conventions.md#reduction."""
 
     objective: ClassVar[str] = "vae"
     #: the objective's own [model] keys and their defaults (sources in comments of each subclass)

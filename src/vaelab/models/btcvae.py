@@ -1,4 +1,4 @@
-"""``btcvae`` (Chen et al. 2018), SPEC §3.5.
+"""``btcvae`` (Chen et al. 2018), docs/objectives.md#beta-tcvae.
 
 L_ijd = ln N(z_id; μ_jd, σ²_jd) over the batch (one sampled z_i per image), then
 * MWS: ln q̂(z_i) = LSE_j Σ_d L_ijd − ln(N·B); ln Π_d q̂(z_id) = Σ_d [LSE_j L_ijd − ln(N·B)];

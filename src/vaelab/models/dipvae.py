@@ -1,4 +1,4 @@
-"""``dipvae`` I and II (Kumar et al. 2018; dlib ``methods/unsupervised/vae.py`` DIPVAE), SPEC §3.6.
+"""``dipvae`` I and II (Kumar et al. 2018; dlib ``methods/unsupervised/vae.py`` DIPVAE), docs/objectives.md#dip-vae.
 
 Cov_μ = (1/B) Σ μ μᵀ − μ̄ μ̄ᵀ (biased). I: Σ = Cov_μ. II: Σ = Cov_μ + diag(batch mean of σ²).
 penalty = λ_od Σ_{i≠j} Σ_ij² + λ_d Σ_i (Σ_ii − 1)², λ_d = lambda_d_factor·λ_od; loss = recon + KL + penalty.

@@ -1,4 +1,4 @@
-"""``factorvae`` (Kim & Mnih 2018), SPEC §3.4.
+"""``factorvae`` (Kim & Mnih 2018), docs/objectives.md#factorvae.
 
 VAE loss = recon + KL + γ·TC_est, TC_est = mean of D(z)₀ − D(z)₁ (logit "from q(z)" minus logit
 "permuted"). Discriminator loss = ½[CE(D(z), 0) + CE(D(z̃), 1)], z̃ = each latent column independently

@@ -1,7 +1,7 @@
-"""Reconstruction terms (SPEC §1.2) and Gaussian KL helpers (SPEC §1.4).
+"""Reconstruction terms (docs/conventions.md#likelihoods) and Gaussian KL helpers (docs/conventions.md#posterior-and-kl).
 
 All functions return per-image (or per-image, per-dimension) values; the objectives reduce them as
-SPEC §1.3 says: sum over pixels, mean over the batch.
+docs/conventions.md#reduction says: sum over pixels, mean over the batch.
 """
 from __future__ import annotations
 

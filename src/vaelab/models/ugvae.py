@@ -1,10 +1,10 @@
-"""``ugvae`` — Unsupervised Global VAE (Peis, Olmos & Artés-Rodríguez; ipeis/UG-VAE ``models.py``), SPEC §3.7, §2.6.
+"""``ugvae`` — Unsupervised Global VAE (Peis, Olmos & Artés-Rodríguez; ipeis/UG-VAE ``models.py``), docs/objectives.md#ug-vae, docs/nets.md#ug-vae-nets.
 
 Generative model for a batch X = {x_1..x_B}: β ~ N(0, I); d_i ~ Uniform{1..K};
 z_i | d_i = k, β ~ N(μ_k(β), diag σ²_k(β)); x_i | z_i, β ~ likelihood(f([z_i, β])).
 Inference: q(z_i|x_i) Gaussian from the trunk h_i; q(d_i|z_i) = Cat(π_i) from the sampled z_i;
 q(β|X) = product of the B Gaussian contributions N(m_i, s²_i) computed from [h_i, π_i] (precision-weighted
-pooling). −ELBO summed over the batch, divided by B (SPEC §1.3): loss = recon + kl_z + kl_d + kl_beta/B.
+pooling). −ELBO summed over the batch, divided by B (docs/conventions.md#reduction): loss = recon + kl_z + kl_d + kl_beta/B.
 
 Logged terms: ``recon``, ``kl_z``, ``kl_d`` per image (batch means); ``kl_beta`` is the KL of the one
 global posterior of the batch (not divided by B); ``kl`` = kl_z + kl_d + kl_beta/B, so loss = recon + kl;
@@ -43,10 +43,10 @@ class UGVAE(VAE):
     objective = "ugvae"
     counts = ("dim_beta", "K")
     defaults = {
-        "dim_beta": 20,  # seed 004 README (MNIST and CelebA runs)
-        "K": 10,  # seed 004 README MNIST run
+        "dim_beta": 20,  # ipeis/UG-VAE README (MNIST and CelebA runs)
+        "K": 10,  # ipeis/UG-VAE README MNIST run
     }
-    #: UG-VAE's Gaussian likelihood with var_x 0.2 (seed 004 README / train.py CLI default)
+    #: UG-VAE's Gaussian likelihood with var_x 0.2 (ipeis/UG-VAE README / train.py CLI default)
     common_overrides = {"net": "ugvae_fc28", "likelihood": "gaussian", "variance": 0.2}
     aliases = {"dim_z": "latent_dim"}  # the reference's name (ipeis/UG-VAE train.py --dim_z)
     sweep_keys = None  # no vmapped step yet: one global draw per batch besides the per-image ones

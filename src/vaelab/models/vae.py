@@ -1,4 +1,4 @@
-"""``vae`` and ``betavae`` (Higgins et al. 2017, "H"): loss = recon + β·KL (SPEC §3.1–3.2)."""
+"""``vae`` and ``betavae`` (Higgins et al. 2017, "H"): loss = recon + β·KL (docs/objectives.md#vae-and-beta-vae)."""
 from __future__ import annotations
 
 from .base import VAE

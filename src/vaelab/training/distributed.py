@@ -12,7 +12,7 @@ per-process slice: FactorVAE's permutation and discriminator batch, β-TCVAE's m
 DIP-VAE's covariance, UG-VAE's per-batch global latent.
 
 Why not ``DistributedDataParallel``: a vaelab model owns its whole iteration (``update``, e.g.
-FactorVAE's two optimisers in SPEC order) and calls its own methods, not a wrapper's ``forward``,
+FactorVAE's two optimisers in the order given in docs/objectives.md#factorvae) and calls its own methods, not a wrapper's ``forward``,
 so DDP's forward/backward hooks would see nothing. Averaging in the optimiser step is the same
 arithmetic (DDP also averages gradients with one all-reduce per bucket); what is given up is the
 overlap of the all-reduce with the backward pass, which is negligible at these model sizes.

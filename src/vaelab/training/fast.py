@@ -1,6 +1,6 @@
 """The fast path: one training iteration eagerly, under ``torch.compile``, or captured whole in one CUDA graph.
 
-:func:`make_step` wraps ``model.update`` (every optimiser once, SPEC §1.5) and the batch draw into one
+:func:`make_step` wraps ``model.update`` (every optimiser once, docs/conventions.md#training-conventions) and the batch draw into one
 callable, ``terms = step_fn(step_t)``, in one of four modes:
 
 * ``"off"``: eager, exactly the trainer's loop body (``x = sampler.next(); model.update(x, step_t, opts)``).

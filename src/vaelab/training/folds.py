@@ -1,7 +1,7 @@
 """k-fold cross-validation: K models, each validated on the one fold it never trained on.
 
-(Seed 003 rotated its validation fold every epoch while one model kept training, so every fold
-was trained on; SPEC 4.4.) Each fold is an ordinary run folder ``RUN/fold-<k>``; the summary
+(scarletteshu/Pytorch-bcvae rotated its validation fold every epoch while one model kept training, so every fold
+was trained on; docs/recipes.md#upstream-quirks.) Each fold is an ordinary run folder ``RUN/fold-<k>``; the summary
 ``RUN/folds.json`` holds every fold's final validation terms and their mean and std.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 No per-item Python work and no DataLoader: the images stay as uint8 (on the training device
 when they fit, else memory-mapped on the host) and a batch is ``images[idx]``.
-Two modes (SPEC 1.5): ``epoch_permutation`` walks a fresh permutation of the training indices
+Two modes (docs/conventions.md#training-conventions): ``epoch_permutation`` walks a fresh permutation of the training indices
 and drops the last partial batch (static shapes); ``iid`` draws uniformly with replacement (dlib).
 The sampler owns its own torch.Generator, so its state is saved and restored by checkpoints.
 A dataset's image view (``view``: noise that is not a factor, :mod:`vaelab.data.views`) maps the

@@ -11,7 +11,7 @@ state the trainer alone would have after building the model, drawn in the order 
 a model trained alone up to float rounding) and its own Adam state. The objective's ``vmapped_update``
 says what one iteration is, with :meth:`VmapSweep.grad`, :meth:`VmapSweep.call` and
 :meth:`VmapSweep.optimizer_step`: one gradient of ``loss`` (the default), or FactorVAE's three vmapped
-calls (VAE gradient, second-batch codes, discriminator gradient) with the VAE step in between (SPEC 3.4
+calls (VAE gradient, second-batch codes, discriminator gradient) with the VAE step in between (docs/objectives.md#factorvae
 order).
 
 Adam on stacked tensors: Adam is elementwise, so one Adam over the stacked ``M × ...`` parameters

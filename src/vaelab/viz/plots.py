@@ -98,7 +98,7 @@ def _save(fig, path) -> Path:
     return path
 
 
-#: units of the logged terms (SPEC 1.3: sums over pixels and latents, means over the batch); UG-VAE's
+#: units of the logged terms (docs/conventions.md#reduction: sums over pixels and latents, means over the batch); UG-VAE's
 #: kl_beta is one global latent per batch, so it is per batch (its loss adds kl_beta / batch size)
 UNITS = {**{k: "nats / image" for k in ("loss", "recon", "kl", "kl_z", "kl_d", "tc", "mi", "dwkl", "dip",
                                          "capacity")},

@@ -1,4 +1,4 @@
-"""Reconstructions: rows of originals, each over the row of their reconstructions (seed 000), labelled."""
+"""Reconstructions: rows of originals, each over the row of their reconstructions (1Konny/FactorVAE), labelled."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,7 +1,7 @@
 """Decoded draws from the prior.
 
 VAEs: ``n`` codes z ~ N(0, I), decoded to mean images, in a square-ish grid.
-UG-VAE (SPEC §3.7): one global β ~ N(0, I) shared by all images; row k holds draws
+UG-VAE (docs/objectives.md#ug-vae): one global β ~ N(0, I) shared by all images; row k holds draws
 z ~ p(z | d = k, β) of mixture component k, decoded with that β.
 """
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """Latent traversals: one row per latent, one column per value, rows ordered by the latent's KL.
 
-An *origin* is the code the rows start from (seeds 000/001): a real image's posterior mean
+An *origin* is the code the rows start from (1Konny/FactorVAE and Knight13/beta-VAE-disentanglement): a real image's posterior mean
 (``--image I``), a random image (``--random``), the zero vector (``--zero``) or a draw from the prior
 (``--prior-sample``). Row r sets latent ``dims[r]`` to each of ``values`` and keeps every other
 coordinate at the origin; each cell is the decoder's mean image at that code.
 
 UG-VAE codes have a global part β as well: image origins use the posterior mean of β over the
 reference batch (the images that give the per-latent KL), ``--zero`` uses β = 0, and
-``--prior-sample`` draws β ~ N(0, I), a component d and z ~ p(z | d, β) (SPEC §3.7).
+``--prior-sample`` draws β ~ N(0, I), a component d and z ~ p(z | d, β) (docs/objectives.md#ug-vae).
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from . import common
 from .common import PAD, add_margins, fmt, is_ugvae, to_uint8
 
 KL_BATCH = 512  # images whose mean per-latent KL orders the rows
-DEFAULT_RANGE = (-3.0, 3.0)  # seed 000 (1Konny limit 3) and seed 001 (--start_range -3 --end_range 3)
-DEFAULT_STEPS = 10  # seed 000 (1Konny inter 2/3 over [-3, 3]: 10 values)
+DEFAULT_RANGE = (-3.0, 3.0)  # 1Konny/FactorVAE (1Konny limit 3) and Knight13/beta-VAE-disentanglement (--start_range -3 --end_range 3)
+DEFAULT_STEPS = 10  # 1Konny/FactorVAE (1Konny inter 2/3 over [-3, 3]: 10 values)
 
 
 # ---------------------------------------------------------------------- reference batch and KL
@@ -42,7 +42,7 @@ class Reference:
 def kl_per_latent(model, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor):
     """(per-latent KL over the batch ``x`` (``D`` tensor, nats), UG-VAE posterior-mean β or None).
 
-    VAEs: KL(q(z_j|x) ‖ N(0, 1)) (SPEC §1.4), batch mean. UG-VAE: the kl_z term of SPEC §3.7 per latent,
+    VAEs: KL(q(z_j|x) ‖ N(0, 1)) (docs/conventions.md#posterior-and-kl), batch mean. UG-VAE: the kl_z term of docs/objectives.md#ug-vae per latent,
     KL to each mixture component weighted by q(d|μ_z), with the batch's posterior-mean β."""
     if not is_ugvae(model):
         return (0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)).mean(0), None
@@ -159,7 +159,7 @@ def zero_origin(run) -> Origin:
 def make_origins(run, images=(), random: bool = False, zero: bool = False, prior: bool = False,
                  seed: int = 0, ref: Reference | None = None) -> list[Origin]:
     """The requested origins; with none requested, the defaults: for dSprites one square, one ellipse
-    and one heart (seed 000's "fixed" traversals), else one random image."""
+    and one heart (1Konny/FactorVAE's "fixed" traversals), else one random image."""
     ref = ref if ref is not None else reference(run, seed=seed)
     out: list[Origin] = []
     if images:
@@ -207,12 +207,12 @@ class Traversal:
         return self.top + y, self.left + x, self.top + y + h, self.left + x + w
 
     def latent_frames(self, r: int) -> list[np.ndarray]:
-        """``H x W x C`` frames of row r, forth and back (seed 001's one GIF per latent)."""
+        """``H x W x C`` frames of row r, forth and back (Knight13/beta-VAE-disentanglement's one GIF per latent)."""
         return common.forth_and_back([c.transpose(1, 2, 0) for c in self.cells[r]])
 
     def all_frames(self, per_row: int = 10) -> list[np.ndarray]:
         """One frame per value, forth and back: every latent's cell at that value side by side
-        (seed 000's fixed-shape GIFs), latent names above, the value below."""
+        (1Konny/FactorVAE's fixed-shape GIFs), latent names above, the value below."""
         frames = []
         for s, v in enumerate(self.values):
             frames.append(_labelled_strip(self.cells[:, s], self.dims, per_row, f"value {fmt(float(v))}"))
