@@ -346,7 +346,7 @@ def test_cli_serves_and_stops_on_ctrl_c(run_dir):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err
-    assert out.strip() == "vaelab explore: stopped" and err.strip() == ""
+    assert out.strip() == "vaelab explore: stopped" and err.strip() == "", (out, err)
 
 
 # ---------------------------------------------------------------------- the page in a real browser

@@ -611,6 +611,7 @@ def estimate_study(protocol, *, models=None, values=None, seeds=None, steps: int
         {"model": m, "value": v, "seed": s, "step": 0, "trained": False, "eval": None}
         for m, v, s in _runs_of(selection, proto)]
     dev = pick_device(device or "auto")
+    burst = min(burst, max(n_steps, 2))  # never longer than the runs themselves
     log = max(1, burst // 5)
     result = {"device": str(dev), "steps": n_steps, "models": {}, "burst": burst}
     total = 0.0

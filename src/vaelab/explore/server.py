@@ -193,6 +193,14 @@ class ExploreServer(ThreadingHTTPServer):
         self.loopback = _is_loopback(host)
         self._thread = None
 
+    def handle_error(self, request, client_address):
+        """A connection that fails outside a request's handling (the browser closed it, a reset): one line
+        when ``verbose``, never a traceback; the server keeps serving."""
+        exc = sys.exc_info()[1]
+        if self.verbose or not isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+            sys.stderr.write(f"vaelab explore: connection from {client_address[0]} failed: "
+                             f"{type(exc).__name__}: {exc}\n")
+
     def server_bind(self):
         """Bind as HTTPServer does, without its reverse DNS look-up of the address (slow or hanging on
         machines without a resolver; the name is never used here)."""
