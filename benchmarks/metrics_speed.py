@@ -71,7 +71,7 @@ def load_grid(kind: str, image_size: int):
             ds = load("dsprites-procedural")
             if ds.is_grid and tuple(ds.factor_sizes) == SIZES:
                 return ds
-        except Exception as e:  # not built yet, or needs files: fall back
+        except Exception as e:  # the renderer unavailable here: fall back
             print(f"(dsprites-procedural unavailable: {str(e).splitlines()[0]}; using the synthetic grid)")
     return synthetic_grid(image_size)
 

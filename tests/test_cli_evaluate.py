@@ -59,8 +59,6 @@ def test_evaluate_profile_choice_checked(capsys):
 
 
 def test_evaluate_end_to_end_quickstart(tmp_path, capsys):
-    if "train" not in _commands():
-        pytest.skip("the `train` command is not available yet (trainer not built)")
     run = tmp_path / "run"
     rc = main(["train", "quickstart", "--steps", "5", "--device", "cpu", "--out", str(run), "--quiet"])
     assert rc == 0, capsys.readouterr().err

@@ -78,7 +78,7 @@ def test_info_orders_latents_by_kl(server):
     assert all(lat["range"][0] <= -3 and lat["range"][1] >= 3 for lat in info["latents"])
     assert [f["name"] for f in info["factors"]] == ["shape", "scale", "orientation", "posX", "posY"]
     assert info["factors"][0]["values"] == ["square", "ellipse", "heart"]
-    assert info["images"] == 46080 and info["image_shape"] == [1, 64, 64] and info["ugvae"] is None
+    assert info["images"] == 46080 and info["image_shape"] == [1, 64, 64] and info["global_latent"] is None
     assert "vaelab evaluate" in info["eval"]  # no eval.json: the page says how to get factor labels
 
 
@@ -260,7 +260,7 @@ def test_ugvae_global_latent_and_components(tmp_path_factory, shared_data):
     ug = build_run(tmp_path_factory.getbasetemp(), shared_data, "ugvae")
     with serve(ug, port=0) as s:
         _, info, _ = request(s, "/api/info")
-        u = info["ugvae"]
+        u = info["global_latent"]
         assert u and len(u["beta"]) == u["dim_beta"] == len(u["beta_ref"]) and u["components"] >= 2
         _, im, _ = request(s, "/api/image?index=3")
         assert len(im["beta"]) == u["dim_beta"] and abs(sum(im["components"]) - 1) < 1e-3

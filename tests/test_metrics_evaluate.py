@@ -124,7 +124,8 @@ def test_metric_names_and_profiles():
     # the default profile is dlib's study counts (docs/metrics.md#defaults)
     assert profile_settings("beta_vae") == {"batch_size": 64, "num_train": 10_000, "num_eval": 5_000}
     assert profile_settings("factor_vae") == {"batch_size": 64, "num_train": 10_000, "num_eval": 5_000,
-                                              "num_variance_estimate": 10_000, "threshold": 0.05}
+                                              "num_variance_estimate": 10_000, "threshold": 0.05,
+                                              "nan_policy": "reference"}  # the module's DEFAULTS, all of them
     assert profile_settings("dci") == {"num_train": 10_000, "num_test": 5_000, "trees": "vectorised"}
     assert profile_settings("sap")["continuous"] is False
     assert profile_settings("irs")["diff_quantile"] == 0.99

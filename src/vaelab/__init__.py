@@ -5,6 +5,20 @@ The Python API mirrors the CLI: ``vaelab.train``, ``vaelab.load_run``, ``vaelab.
 """
 __version__ = "0.1.0"
 
+from . import hooks as _hooks  # noqa: E402 - torch-free
+
+
+def _live_pictures(model, images_uint8, device):
+    """The trainer's pictures: a reconstruction and a traversal (:func:`vaelab.viz.live.training_images`,
+    imported when first drawn). Registered here, where the package is put together, so that
+    ``vaelab.training`` never imports ``vaelab.viz`` (vaelab/hooks.py)."""
+    from .viz.live import training_images
+
+    return training_images(model, images_uint8, device)
+
+
+_hooks.register_training_pictures("live", _live_pictures)
+
 
 def __getattr__(name):  # lazy: `import vaelab` stays cheap for the CLI
     if name in ("train", "load_run", "Run"):

@@ -40,7 +40,7 @@ class DataConfig:
     root: str = ""  # file or folder; "" = the data directory
     split: str = "train"
     size: int = 0  # image side; 0 = the dataset's default
-    val_fraction: float = 0.0  # held-out fraction of the training split (deterministic, by train.seed)
+    val_fraction: float = 0.0  # held-out fraction of the training split (by train.seed); see train.val_every
     sampling: str = "epoch_permutation"  # docs/conventions.md#training-conventions: "epoch_permutation" (default) or "iid" (dlib)
     options: dict = field(default_factory=dict)  # loader options (e.g. preprocess = "center_crop_148")
 
@@ -113,7 +113,7 @@ class TrainConfig:
     image_every: int = 0  # reconstruction grids to images/ and TensorBoard; 0 = only at the end
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3
-    val_every: int = 0  # 0 = no validation (unless val_fraction > 0: then at every log step... see trainer)
+    val_every: int = 0  # validate every N steps and at the end (needs data.val_fraction > 0 or folds); 0 = never
     val_batches: int = 10
     folds: int = 0  # k-fold cross-validation: K models, each validated on the fold it never saw
     out: str = ""  # the run folder; "" = runs/<name>

@@ -5,7 +5,8 @@ A plugin is a Python module that registers things when it is imported, each with
 * :func:`register_objective` (a :class:`vaelab.models.VAE` subclass; also a class decorator),
 * :func:`register_metric` (a scoring function and its defaults, for ``vaelab evaluate``),
 * :func:`register_net` (an encoder/decoder builder),
-* :func:`register_dataset` (a :class:`vaelab.data.DatasetSpec`).
+* :func:`register_dataset` (a :class:`vaelab.data.DatasetSpec`),
+* :func:`register_training_pictures` (pictures the trainer draws every ``train.image_every`` steps).
 
 vaelab imports plugins from three places:
 
@@ -33,7 +34,8 @@ from .errors import VaelabError, closest
 
 __all__ = ["ENTRY_POINT_GROUP", "load", "load_entry_points", "load_for_runs", "loaded", "command_line",
            "from_command_line",
-           "register_objective", "register_metric", "register_net", "register_dataset", "claim"]
+           "register_objective", "register_metric", "register_net", "register_dataset",
+           "register_training_pictures", "claim"]
 
 ENTRY_POINT_GROUP = "vaelab.plugins"
 
@@ -51,8 +53,8 @@ def register_objective(cls):
 
 
 def register_metric(*args, **kwargs):
-    """See :func:`vaelab.metrics.evaluate.register_metric`."""
-    from .metrics.evaluate import register_metric as reg
+    """See :func:`vaelab.metrics.registry.register_metric`."""
+    from .metrics.registry import register_metric as reg
 
     return reg(*args, **kwargs)
 
@@ -69,6 +71,13 @@ def register_dataset(spec):
     from .data.registry import register_dataset as reg
 
     return reg(spec)
+
+
+def register_training_pictures(*args, **kwargs):
+    """See :func:`vaelab.hooks.register_training_pictures`."""
+    from .hooks import register_training_pictures as reg
+
+    return reg(*args, **kwargs)
 
 
 def _origin(obj) -> str:

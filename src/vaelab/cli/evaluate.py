@@ -112,10 +112,8 @@ def run_evaluate(args):
 
     if args.backend != "local":
         raise VaelabError("--backend ray scores several runs (a sweep folder); one run is scored here")
-    try:
-        from ..training import load_run
-    except ImportError as e:
-        raise VaelabError(f"cannot open run folders: the trainer is not available ({e})") from None
+    from ..training import load_run
+
     run = load_run(paths[0], device=args.device)
     dataset = None
     if args.dataset:

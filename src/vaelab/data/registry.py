@@ -106,11 +106,7 @@ def _import_sources():
     import importlib
 
     for mod in _SOURCES:
-        try:
-            importlib.import_module(f"{__package__}.{mod}")
-        except Exception as e:  # one line naming the module whose datasets could not be registered
-            raise VaelabError(f"the datasets of {__package__}.{mod} could not be registered: "
-                              f"{type(e).__name__}: {e}") from e
+        importlib.import_module(f"{__package__}.{mod}")
 
 
 def find_data_file(name: str, root: Path | None, default: Path, candidates=(), patterns=()) -> Path:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..data.views import torch_generator
 from ..viz import common
-from ..viz.common import is_ugvae, to_uint8
+from ..viz.common import has_global_latent, to_uint8
 from ..viz.traverse import DEFAULT_RANGE, KL_BATCH, kl_per_latent, shape_indices
 
 # A latent whose mean KL (nats per image, over the reference batch) is at most this carries next to nothing
@@ -48,7 +48,7 @@ class Explorer:
         self.ds = common.dataset_of(run)
         self.n = len(self.ds)
         self.d = run.latent_dim
-        self.ugvae = is_ugvae(self.model)
+        self.global_latent = has_global_latent(self.model)
         self.lock = threading.Lock()
         self._saved_threads = None
         self._rng = np.random.default_rng(seed)
@@ -73,7 +73,7 @@ class Explorer:
         self.order = sorted(range(self.d), key=lambda j: (-self.kl[j], j))
         self.ranges = _ranges(mu.double().cpu().numpy())
         self.beta_ref = None
-        if self.ugvae:
+        if self.global_latent:
             mu_b, lv_b = self.model.global_posterior(x, use_mean=True)
             self.beta_ref = mu_b.float().cpu().numpy()
             mb, lb = mu_b.double().cpu().numpy(), lv_b.double().cpu().numpy()
@@ -97,11 +97,11 @@ class Explorer:
             "objective": run.config["model"]["objective"], "net": run.config["model"].get("net", ""),
             "dataset": run.config["data"]["name"], "images": self.n, "image_shape": list(ds.image_shape),
             "latent_dim": self.d, "latents": latents, "dead_kl": DEAD_KL, "kl_batch": min(KL_BATCH, self.n),
-            "factors": factors, "eval": self.eval_note, "limit": VALUE_LIMIT, "ugvae": None,
+            "factors": factors, "eval": self.eval_note, "limit": VALUE_LIMIT, "global_latent": None,
             "start": self._start_index(),
         }
-        if self.ugvae:
-            info["ugvae"] = {
+        if self.global_latent:
+            info["global_latent"] = {
                 "dim_beta": int(self.model.dim_beta), "components": int(self.model.K),
                 "beta": [{"index": j, "kl": _r(self.beta_kl[j]), "range": self.beta_ranges[j]} for j in self.beta_order],
                 "beta_ref": _round(self.beta_ref)}
@@ -154,7 +154,7 @@ class Explorer:
         t0 = time.perf_counter()
         zt = torch.as_tensor(_code(z, self.d, "z"), device=self.run.device)[None]
         bt = None
-        if self.ugvae:
+        if self.global_latent:
             bt = torch.as_tensor(_code(self.beta_ref if beta is None else beta, self.model.dim_beta, "beta"),
                                  device=self.run.device)
         elif beta is not None:
@@ -168,13 +168,13 @@ class Explorer:
         kw = {} if beta is None else {"beta": beta}
         image = to_uint8(self.model.mean_image(self.model.decode(z, **kw)).clamp(0, 1))[0]
         comps = None
-        if self.ugvae:
+        if self.global_latent:
             comps = _round(self.model.component_probs(z)[0].float().cpu().numpy(), 4)
         return image, comps
 
     def component(self, k, beta=None) -> dict:
         """UG-VAE: the mean of mixture component ``k`` of p(z | d=k, β) (the code the page jumps to)."""
-        if not self.ugvae:
+        if not self.global_latent:
             raise ValueError("mixture components are for UG-VAE runs; this run has none")
         k = _index(k, int(self.model.K), "component")
         bt = torch.as_tensor(_code(self.beta_ref if beta is None else beta, self.model.dim_beta, "beta"),

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import VaelabError
 from .info import WarningCounter, estimator_seed
+from .registry import register_metric, setting_count
 
 # dlib beta_vae_sklearn.gin: batch_size 64, num_train 10000, num_eval 5000
 DEFAULTS = dict(batch_size=64, num_train=10_000, num_eval=5_000)
@@ -71,3 +72,18 @@ def beta_vae_score(encode, dataset, seed: int = 0, batch_size: int = DEFAULTS["b
     train_x, train_y = _points(s, num_train, batch_size, rng)
     eval_x, eval_y = _points(s, num_eval, batch_size, rng)
     return beta_vae_from_features(train_x, train_y, eval_x, eval_y, seed=estimator_seed(rng))
+
+
+def _draws(settings: dict) -> int:
+    """Codes drawn: two batches of L per training and evaluation point."""
+    return 2 * setting_count(settings, "batch_size") * (setting_count(settings, "num_train")
+                                                          + setting_count(settings, "num_eval"))
+
+
+@register_metric("beta_vae", title="BetaVAE", needs="grid", defaults=DEFAULTS,
+                 headline=["eval_accuracy", "train_accuracy"], min_factors=2, aliases=("betavae", "higgins"),
+                 draws=_draws)
+def evaluate_beta_vae(sampler, seed, **settings):
+    """eval.json's ``beta_vae.*``: the two accuracies, and the classifier's convergence warnings."""
+    d = beta_vae_score(None, sampler.dataset, seed, sampler=sampler, **settings)
+    return {"train_accuracy": d["train_accuracy"], "eval_accuracy": d["eval_accuracy"]}, d["convergence_warnings"]

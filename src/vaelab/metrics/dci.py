@@ -22,8 +22,10 @@ import numpy as np
 
 from ..errors import VaelabError
 from .info import check_train_test, entropy_normalised, estimator_seed, require_varied_factors
+from .registry import Pending, by_factor, register_metric
 
-DEFAULTS = dict(num_train=10_000, num_test=5_000)  # dlib dci.gin
+# dlib dci.gin: num_train 10000, num_test 5000; trees: vaelab's vectorised GBT (module docstring)
+DEFAULTS = dict(num_train=10_000, num_test=5_000, trees="vectorised")
 _SMOOTH = 1e-11  # dlib adds 1e-11 to the importances before normalising
 
 
@@ -268,7 +270,7 @@ def dci(codes, factors, codes_test, factors_test, seed: int = 0, n_jobs: int | N
 
 def start_dci_score(encode, dataset, seed: int = 0, num_train: int = DEFAULTS["num_train"],
                     num_test: int = DEFAULTS["num_test"], n_jobs: int | None = None, *, sampler=None,
-                    trees: str = "vectorised") -> DciJob:
+                    trees: str = DEFAULTS["trees"]) -> DciJob:
     """Draw and encode DCI's points now, start the GBT fits (in worker processes when ``n_jobs`` > 1)
     and return the job; ``job.result()`` is :func:`dci_score`'s answer."""
     from .sampling import train_test_draws
@@ -279,8 +281,37 @@ def start_dci_score(encode, dataset, seed: int = 0, num_train: int = DEFAULTS["n
 
 def dci_score(encode, dataset, seed: int = 0, num_train: int = DEFAULTS["num_train"],
               num_test: int = DEFAULTS["num_test"], n_jobs: int | None = None, *, sampler=None,
-              trees: str = "vectorised") -> dict:
+              trees: str = DEFAULTS["trees"]) -> dict:
     """DCI on i.i.d. train / test draws from ``dataset`` (see :func:`dci_details`); ``n_jobs`` None uses
     every available core for the per-factor fits (same numbers)."""
     return start_dci_score(encode, dataset, seed, num_train, num_test, n_jobs, sampler=sampler,
                            trees=trees).result()
+
+
+def _eval_values(d: dict, dataset) -> dict:
+    """eval.json's ``dci.*`` from :func:`dci_details`' answer."""
+    out = {k: d[k] for k in ("disentanglement", "completeness", "informativeness_train", "informativeness_test")}
+    out["per_factor"] = {"completeness": by_factor(d["completeness_per_factor"], dataset),
+                         "accuracy_train": by_factor(d["accuracy_train"], dataset),
+                         "accuracy_test": by_factor(d["accuracy_test"], dataset)}
+    out["per_code"] = {"disentanglement": d["disentanglement_per_code"].tolist(),
+                       "weight": d["code_weights"].tolist()}
+    out["importance"] = d["importance"].tolist()
+    return out
+
+
+def _workers(settings: dict, dataset, n_jobs) -> int:
+    """Worker processes of the per-factor GBT fits (one per factor at most)."""
+    return _resolve_jobs(settings.get("n_jobs", n_jobs), max(dataset.num_factors, 1))
+
+
+@register_metric("dci", title="DCI", needs="factors", defaults=DEFAULTS,
+                 headline=["disentanglement", "completeness", "informativeness_train", "informativeness_test"],
+                 min_factors=2, workers=_workers)
+def evaluate_dci(sampler, seed, n_jobs=None, **settings) -> Pending:
+    """eval.json's ``dci.*``: draws and encodes DCI's points now and starts the GBT fits (in worker
+    processes when more than one job), so that they run while the other metrics are computed; the
+    returned :class:`Pending` gives the values (the same numbers with any number of jobs)."""
+    ds = sampler.dataset
+    job = start_dci_score(None, ds, seed, n_jobs=n_jobs, sampler=sampler, **settings)
+    return Pending(job.fits.jobs, lambda: _eval_values(job.result(), ds), job.cancel)

@@ -1,5 +1,12 @@
 """``evaluate``: every metric on one model, the numbers in one namespaced dict, saved as ``eval.json``.
 
+The metrics are the ones registered in :mod:`vaelab.metrics.registry` (each metric module declares its
+own name, needs, defaults, headline keys, draws and scheduling there; plugins add theirs the same way).
+:func:`evaluate` has three steps: resolve the inputs (the run or encoder, the dataset, which metrics
+apply and with what settings), schedule the metrics on one shared :class:`~vaelab.metrics.sampling.CodeSampler`
+(metrics that use worker processes, DCI's trees, start first and are collected last) and assemble the
+result.
+
 The default profile uses dlib's study counts (docs/metrics.md#defaults); ``fast`` draws 10x fewer points (for use during
 training). Each metric gets its own ``numpy.random.Generator`` from ``seed``; codes are cached per dataset
 row and shared by all metrics (the encoder is deterministic), so the dominant cost is encoding the
@@ -28,345 +35,10 @@ from typing import Callable
 import numpy as np
 
 from ..errors import VaelabError, closest
-
-
-# ----------------------------------------------------------------------------- registry
-@dataclass
-class _Metric:
-    name: str
-    title: str
-    needs: str  # "images" | "factors" | "grid" | "model" (a run's decoder too)
-    defaults: dict
-    headline: list[str]  # scalar keys shown in the table, first = the score
-    min_factors: int = 1
-    aliases: tuple = ()
-    run: Callable = field(default=None, repr=False)
-    per_image_elbo: bool = False  # scores the model's per-image ELBO: skipped where the objective has none
-
-
-def _names(ds):
-    return list(ds.factor_names)
-
-
-def _by_factor(values, names):
-    return {n: float(v) for n, v in zip(names, values)}
-
-
-def _run_beta_vae(sampler, seed, kw, ctx):
-    from .beta_vae import beta_vae_score
-
-    d = beta_vae_score(None, sampler.dataset, seed, sampler=sampler, **kw)
-    return {"train_accuracy": d["train_accuracy"], "eval_accuracy": d["eval_accuracy"]}, d["convergence_warnings"]
-
-
-def _run_factor_vae(sampler, seed, kw, ctx):
-    from .factor_vae import factor_vae_score
-
-    d = factor_vae_score(None, sampler.dataset, seed, sampler=sampler, **kw)
-    out = {k: d[k] for k in ("train_accuracy", "eval_accuracy", "num_active_dims")}
-    out["global_variance"] = d["global_variance"].tolist()
-    out["votes_train"] = d["votes_train"].tolist()
-    out["votes_eval"] = d["votes_eval"].tolist()
-    return out, 0
-
-
-def _run_mig(sampler, seed, kw, ctx):
-    from .mig import mig_score
-
-    d = mig_score(None, sampler.dataset, seed, sampler=sampler, **kw)
-    names = _names(sampler.dataset)
-    return {"score": d["score"], "per_factor": _by_factor(d["per_factor"], names),
-            "entropy": _by_factor(d["entropy"], names), "mutual_info": d["mutual_info"].tolist()}, 0
-
-
-def _run_sap(sampler, seed, kw, ctx):
-    from .sap import sap_score
-
-    d = sap_score(None, sampler.dataset, seed, sampler=sampler, **kw)
-    return {"score": d["score"], "per_factor": _by_factor(d["per_factor"], _names(sampler.dataset)),
-            "matrix": d["matrix"].tolist()}, d["convergence_warnings"]
-
-
-def _start_dci(sampler, seed, kw, ctx):
-    """Draw DCI's points and start its GBT fits (in worker processes when more than one job)."""
-    from .dci import start_dci_score
-
-    kw = dict(kw)
-    kw.setdefault("n_jobs", ctx.get("n_jobs"))
-    return start_dci_score(None, sampler.dataset, seed, sampler=sampler, **kw)
-
-
-def _dci_values(d, sampler):
-    names = _names(sampler.dataset)
-    out = {k: d[k] for k in ("disentanglement", "completeness", "informativeness_train", "informativeness_test")}
-    out["per_factor"] = {"completeness": _by_factor(d["completeness_per_factor"], names),
-                         "accuracy_train": _by_factor(d["accuracy_train"], names),
-                         "accuracy_test": _by_factor(d["accuracy_test"], names)}
-    out["per_code"] = {"disentanglement": d["disentanglement_per_code"].tolist(),
-                       "weight": d["code_weights"].tolist()}
-    out["importance"] = d["importance"].tolist()
-    return out, 0
-
-
-def _run_dci(sampler, seed, kw, ctx):
-    return _dci_values(_start_dci(sampler, seed, kw, ctx).result(), sampler)
-
-
-def _run_modularity(sampler, seed, kw, ctx):
-    from .modularity import modularity_score
-
-    d = modularity_score(None, sampler.dataset, seed, sampler=sampler, **kw)
-    names = _names(sampler.dataset)
-    out = {k: d[k] for k in ("modularity", "explicitness_train", "explicitness_test")}
-    out["per_code"] = {"modularity": d["modularity_per_code"].tolist()}
-    out["per_factor"] = {"explicitness_train": _by_factor(d["explicitness_train_per_factor"], names),
-                         "explicitness_test": _by_factor(d["explicitness_test_per_factor"], names)}
-    out["mutual_info"] = d["mutual_info"].tolist()
-    out["dropped_codes"] = d["dropped_codes"]
-    return out, d["convergence_warnings"]
-
-
-def _run_irs(sampler, seed, kw, ctx):
-    from .irs import irs_score
-
-    d = irs_score(None, sampler.dataset, seed, sampler=sampler, **kw)
-    per_code = [None] * len(d["active"])
-    for j, v in zip(np.flatnonzero(d["active"]), d["per_latent"]):
-        per_code[int(j)] = float(v)
-    return {"score": d["score"], "num_active_dims": d["num_active_dims"], "per_code": per_code}, 0
-
-
-def _run_unsupervised(sampler, seed, kw, ctx):
-    from .unsupervised import unsupervised_score
-
-    return unsupervised_score(None, sampler.dataset, seed, sampler=sampler, **kw), 0
-
-
-def _run_latent(sampler, seed, kw, ctx):
-    from .latent import active_units_score, kl_per_latent
-
-    kw = dict(kw)
-    d = active_units_score(None, sampler.dataset, seed, sampler=sampler, **kw)
-    out = {"active_units": d["count"], "variance": d["variance"].tolist()}
-    params = ctx.get("encode_params")
-    if params is not None:  # posterior parameters available (a run): KL per dimension on the same images
-        import torch
-
-        from ..data.views import torch_generator
-
-        ds = sampler.dataset
-        rows = _iid_rows(ds, seed, kw.get("num_train", 10_000))
-        mu, logvar = params(ds.gather(torch.from_numpy(rows), torch_generator(seed)))
-        kl = kl_per_latent(mu, logvar)
-        out["kl_per_latent"] = kl.tolist()
-        out["kl_total"] = float(kl.sum())
-    return out, 0
-
-
-def _iid_rows(ds, seed: int, n: int) -> np.ndarray:
-    """``n`` dataset rows drawn i.i.d. with ``seed``, ascending: the images ``latent`` and ``elbo`` use."""
-    return np.sort(np.random.default_rng(seed).integers(0, len(ds), size=n))
-
-
-def _run_elbo(sampler, seed, kw, ctx):
-    """The model's fit on ``num_train`` images drawn i.i.d. with ``seed`` (the rows ``latent`` uses), in
-    nats per image (the reductions of docs/conventions.md#reduction): ``reconstruction`` -log p(x|z) with one posterior draw z
-    (seeded), ``kl`` KL(q(z|x) || N(0, I)), ``elbo`` = -(reconstruction + kl), and
-    ``reconstruction_at_mean`` -log p(x|mu) (no noise). The β-VAE trade-off: how much fit each setting
-    of a sweep gave up for its scores."""
-    import torch
-
-    from ..data.views import torch_generator
-    from ..models.likelihood import kl_normal
-
-    run = ctx["run"]
-    model, dev = run.model, run.device
-    ds = sampler.dataset
-    rows = _iid_rows(ds, seed, kw.get("num_train", 10_000))
-    noise = torch.Generator(device=dev).manual_seed(seed)
-    view_noise = torch_generator(seed)
-    sums = {"reconstruction": 0.0, "reconstruction_at_mean": 0.0, "kl": 0.0}
-    with torch.no_grad():
-        for i in range(0, len(rows), 512):
-            x = ds.gather(torch.from_numpy(rows[i:i + 512]), view_noise).to(dev).float().div_(255.0)
-            mu, logvar = model.encode(x)
-            z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=noise, device=dev, dtype=mu.dtype)
-            sums["reconstruction"] += float(model.recon(model.decode(z), x).double().sum())
-            sums["reconstruction_at_mean"] += float(model.recon(model.decode(mu), x).double().sum())
-            sums["kl"] += float(kl_normal(mu, logvar).double().sum())
-    out = {k: v / len(rows) for k, v in sums.items()}
-    out["elbo"] = -(out["reconstruction"] + out["kl"])
-    return out, 0
-
-
-# fmt: off
-METRICS: dict[str, _Metric] = {m.name: m for m in [
-    # dlib beta_vae_sklearn.gin
-    _Metric("beta_vae", "BetaVAE", "grid", dict(batch_size=64, num_train=10_000, num_eval=5_000),
-            ["eval_accuracy", "train_accuracy"], 2, ("betavae", "higgins"), _run_beta_vae),
-    # dlib factor_vae_metric.gin (prune threshold 0.05)
-    _Metric("factor_vae", "FactorVAE", "grid",
-            dict(batch_size=64, num_train=10_000, num_eval=5_000, num_variance_estimate=10_000, threshold=0.05),
-            ["eval_accuracy", "train_accuracy", "num_active_dims"], 2, ("factorvae", "kim"),
-            _run_factor_vae),
-    _Metric("mig", "MIG", "factors", dict(num_train=10_000, num_bins=20), ["score"], 1, (), _run_mig),  # mig.gin
-    _Metric("sap", "SAP", "factors", dict(num_train=10_000, num_test=5_000, continuous=False), ["score"], 1,
-            ("sap_score",), _run_sap),  # sap_score.gin
-    _Metric("dci", "DCI", "factors", dict(num_train=10_000, num_test=5_000, trees="vectorised"),
-            ["disentanglement", "completeness", "informativeness_train", "informativeness_test"], 2, (),
-            _run_dci),  # dci.gin
-    _Metric("modularity", "Modularity / explicitness", "factors", dict(num_train=10_000, num_test=5_000, num_bins=20),
-            ["modularity", "explicitness_train", "explicitness_test"], 2,
-            ("explicitness", "modularity_explicitness"), _run_modularity),  # modularity_explicitness.gin
-    _Metric("irs", "IRS", "factors", dict(num_train=10_000, diff_quantile=0.99, num_bins=20),
-            ["score", "num_active_dims"], 1, (), _run_irs),  # irs.gin
-    _Metric("unsupervised", "Unsupervised", "images", dict(num_train=10_000, num_bins=20),
-            ["gaussian_total_correlation", "gaussian_wasserstein_correlation",
-             "gaussian_wasserstein_correlation_norm", "mutual_info_score"], 0,
-            ("tc", "gaussian_total_correlation"), _run_unsupervised),  # unsupervised.gin
-    _Metric("latent", "Latents", "images", dict(num_train=10_000, threshold=0.01),
-            ["active_units", "kl_total"], 0, ("active_units", "kl"), _run_latent),  # Burda et al. threshold 0.01
-    # not a dlib metric: the fit the scores were bought with (reconstruction and KL, nats per image)
-    _Metric("elbo", "Reconstruction / ELBO", "model", dict(num_train=10_000),
-            ["elbo", "reconstruction", "kl", "reconstruction_at_mean"], 0, ("reconstruction", "fit"), _run_elbo,
-            per_image_elbo=True),
-]}
-# fmt: on
-
-def planned_draws(name: str, kw: dict) -> int:
-    """How many codes metric ``name`` draws through the shared sampler with settings ``kw`` (what its
-    module draws: BetaVAE two batches of L per point, FactorVAE the variance estimate plus L per vote,
-    the i.i.d. metrics their train and test points). The sum over the metrics of one evaluation is the
-    total its encoding progress is planned with; ``elbo`` and the KL half of ``latent`` read the model
-    directly and draw nothing here."""
-    def n(key):
-        v = kw.get(key, 0)
-        return int(v) if isinstance(v, (int, float, np.integer)) and not isinstance(v, bool) and v > 0 else 0
-
-    if name == "beta_vae":
-        return 2 * n("batch_size") * (n("num_train") + n("num_eval"))
-    if name == "factor_vae":  # the votes are drawn only when a dimension is active (else the score is 0)
-        return n("num_variance_estimate") + n("batch_size") * (n("num_train") + n("num_eval"))
-    if name == "elbo":
-        return 0
-    return n("num_train") + n("num_test")  # mig, sap, dci, modularity, irs, unsupervised, latent
-
-
-_COUNT_KEYS = ("num_train", "num_test", "num_eval", "num_variance_estimate")
-PROFILES = ("default", "fast")
-
-
-def profile_settings(name: str, profile: str = "default") -> dict:
-    """The keyword arguments metric ``name`` gets under ``profile`` (``fast`` = 10x fewer points)."""
-    if profile not in PROFILES:
-        raise VaelabError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    kw = dict(METRICS[name].defaults)
-    if profile == "fast":
-        for k in _COUNT_KEYS:
-            if k in kw:
-                kw[k] = max(100, kw[k] // 10)
-    return kw
-
-
-def register_metric(name: str, fn: Callable | None = None, *, title: str | None = None, needs: str = "factors",
-                    defaults: dict | None = None, headline=("score",), min_factors: int = 1, aliases=()):
-    """Add metric ``name`` to :data:`METRICS` (also as a decorator: ``@register_metric("name", ...)``).
-    ``vaelab evaluate`` then runs it with the others (``all``) or by name, eval.json holds its values as
-    ``name.key``, and the table, the study and the report show its ``headline`` keys (the first one is
-    its score).
-
-    ``fn(sampler, seed, **settings)`` returns a dict of values (numbers, lists, dicts of numbers) or
-    ``(values, number of convergence warnings)``. ``sampler`` (:class:`~vaelab.metrics.sampling.CodeSampler`)
-    gives ``sampler.dataset`` and codes of the model under evaluation: ``sampler.sample(n, rng)`` ->
-    (factors N×K, codes N×D), ``sampler.sample_unlabelled(n, rng)``; draw from
-    ``numpy.random.default_rng(seed)``. ``settings``: ``defaults`` with the user's options (the ``fast``
-    profile divides the counts num_train, num_test, num_eval, num_variance_estimate by 10); a ``run``
-    parameter, if ``fn`` has one, gets the loaded run (``needs="model"``: only runs are scored).
-    ``needs``: ``"images"``, ``"factors"``, ``"grid"`` (a full factor grid) or ``"model"``; datasets
-    without them skip the metric, saying why."""
-    import functools
-    import inspect
-
-    from ..plugins import _origin, claim
-
-    if fn is None:
-        return lambda f: register_metric(name, f, title=title, needs=needs, defaults=defaults, headline=headline,
-                                         min_factors=min_factors, aliases=aliases)
-    if not isinstance(name, str) or not name.replace("_", "").isalnum():
-        raise VaelabError(f"a metric name is letters, digits and underscores, got {name!r}")
-    if needs not in ("images", "factors", "grid", "model"):
-        raise VaelabError(f"metric {name!r}: needs must be images, factors, grid or model, got {needs!r}")
-    heads = [headline] if isinstance(headline, str) else list(headline)
-    if not heads:
-        raise VaelabError(f"metric {name!r} needs at least one headline key (its score first)")
-    wants_run = "run" in inspect.signature(fn).parameters
-
-    @functools.wraps(fn)
-    def run(sampler, seed, kw, ctx):
-        out = fn(sampler, seed, **kw, **({"run": ctx.get("run")} if wants_run else {}))
-        values, n_conv = out if isinstance(out, tuple) else (out, 0)
-        if not isinstance(values, dict):
-            raise VaelabError(f"metric {name!r} returned {type(values).__name__}, not a dict of values")
-        return values, n_conv
-
-    metric = _Metric(name, title or name, needs, dict(defaults or {}), heads, min_factors, tuple(aliases), run)
-    claim(METRICS, "metric", name, metric, origin=lambda m: _origin(m.run))
-    return fn
-
-
-def metric_names() -> list[str]:
-    return list(METRICS)
-
-
-def resolve_metrics(metrics) -> tuple[list[str], bool]:
-    """(metric names in canonical order, whether the user named them explicitly)."""
-    from ..plugins import load_entry_points
-
-    load_entry_points()  # metrics of installed plugins
-    if metrics is None or metrics == "all" or metrics == ["all"]:
-        return list(METRICS), False
-    if isinstance(metrics, str):
-        metrics = [m for m in metrics.split(",")]
-    lookup = {}
-    for m in METRICS.values():
-        lookup[m.name] = m.name
-        for a in m.aliases:
-            lookup[a] = m.name
-    chosen = set()
-    for raw in metrics:
-        key = str(raw).strip().lower().replace("-", "_")
-        if not key:
-            continue
-        if key == "all":
-            chosen.update(METRICS)
-            continue
-        if key not in lookup:
-            raise VaelabError(f"unknown metric {raw!r}{closest(key, lookup)}; choose from "
-                              f"{', '.join(METRICS)} or all")
-        chosen.add(lookup[key])
-    if not chosen:
-        raise VaelabError("no metric named; choose from " + ", ".join(METRICS) + " or all")
-    return [n for n in METRICS if n in chosen], True
-
-
-def _skip_reason(m: _Metric, ds, run=None) -> str | None:
-    if m.needs == "model":
-        if run is None:
-            return "needs a run's decoder (scored here through an encode function only)"
-        if m.per_image_elbo:
-            from ..models import objective_class
-
-            cls = objective_class(run.config["model"]["objective"])
-            if not cls.per_image_elbo:
-                return cls.elbo_note or f"{cls.objective} has no per-image ELBO"
-        return None
-    if m.needs in ("factors", "grid") and not ds.has_factors:
-        return f"dataset {ds.name!r} has no ground-truth factors"
-    if m.needs == "grid" and not ds.is_grid:
-        return f"dataset {ds.name!r} is not a full factor grid (needed to fix one factor and vary the others)"
-    if ds.has_factors and ds.num_factors < m.min_factors:
-        return f"needs at least {m.min_factors} factors, dataset {ds.name!r} has {ds.num_factors}"
-    return None
+# the registry, under the names this module has always offered
+from .registry import (METRICS, PROFILES, Metric, Pending, metric_names, planned_draws, profile_settings,  # noqa: F401
+                       register_metric, resolve_metrics)
+from .registry import skip_reason as _skip_reason
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -413,14 +85,6 @@ def _resolve_out(out) -> Path:
         return p
     return p / "eval.json"
 
-
-def _open_run(path):
-    try:
-        from ..training import load_run
-    except ImportError as e:  # the trainer is not part of this build yet
-        raise VaelabError(f"cannot open run folders: the trainer is not available ({e}); "
-                          f"pass an encode callable and a dataset instead") from None
-    return load_run(path)
 
 
 # ----------------------------------------------------------------------------- any encoder
@@ -566,10 +230,9 @@ def evaluate(run_or_encode, dataset=None, metrics="all", seed: int = 0, profile:
     n_jobs: processes for DCI's per-factor fits (None = all available cores; same numbers either way).
     batch_size: images per encode call.
     """
-    t_start = time.perf_counter()
-    from ..data.base import FactorDataset
     from .sampling import CodeSampler
 
+    t_start = time.perf_counter()
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise VaelabError(f"seed must be a non-negative integer, got {seed!r}")
     seed = int(seed)
@@ -581,22 +244,54 @@ def evaluate(run_or_encode, dataset=None, metrics="all", seed: int = 0, profile:
         if key not in METRICS:
             raise VaelabError(f"options for unknown metric {key!r}{closest(key, METRICS)}")
 
+    # 1. inputs: the encoder (and run), the dataset, and each metric's settings (or why it is skipped)
+    inputs = _resolve_inputs(run_or_encode, dataset, out)
+    sampler = CodeSampler(inputs.encode, inputs.dataset, batch_size=batch_size, progress=progress)
+    scores = _Scores(explicit=explicit, progress=progress)
+    plan = _plan(names, inputs, profile, options, scores)
+    # 2. schedule: every metric on the one sampler
+    _schedule(plan, sampler, seed, {"run": inputs.run, "encode_params": inputs.encode_params, "n_jobs": n_jobs},
+              scores)
+    # 3. assemble
+    result = _assemble(scores, names, inputs, sampler, seed, profile, t_start)
+    if save and inputs.out_path is not None:
+        _write_json(inputs.out_path, result)
+        result["path"] = str(inputs.out_path)
+    return result
+
+
+@dataclass
+class _Inputs:
+    """What the metrics score: the encoder, the dataset, and the run when there is one."""
+
+    encode: Callable
+    dataset: object
+    run: object | None
+    encode_params: Callable | None  # a run's posterior parameters (mu, logvar) of uint8 images
+    out_path: Path | None  # where eval.json goes (None: not written)
+
+
+def _resolve_inputs(run_or_encode, dataset, out) -> _Inputs:
+    """A run folder, a Run, an encode callable or an nn.Module, and the dataset to score on (a bare
+    encoder is probed once on two images: a broken one is one clear error)."""
+    from ..data.base import FactorDataset
+
     run = None
     if isinstance(run_or_encode, (str, os.PathLike)):
-        run = _open_run(run_or_encode)
+        from ..training import load_run
+
+        run = load_run(run_or_encode)
     elif hasattr(run_or_encode, "encode") and hasattr(run_or_encode, "path"):
         run = run_or_encode
     elif not callable(run_or_encode):
         raise VaelabError("evaluate needs a run folder, a Run, an encode callable or an nn.Module")
     if run is not None:
-        encode = run.encode
-        encode_params = getattr(run, "encode_params", None)
+        encode, encode_params = run.encode, getattr(run, "encode_params", None)
         if dataset is None:
             dataset = run.dataset()
         out_path = _resolve_out(out) if out is not None else Path(run.path) / "eval.json"
     else:
-        encode = as_encode(run_or_encode)  # a function of uint8 images, or an nn.Module
-        encode_params = None
+        encode, encode_params = as_encode(run_or_encode), None  # a function of uint8 images, or an nn.Module
         if dataset is None:
             raise VaelabError("evaluate with an encode callable needs a dataset (a FactorDataset or a name)")
         out_path = _resolve_out(out) if out is not None else None
@@ -606,29 +301,53 @@ def evaluate(run_or_encode, dataset=None, metrics="all", seed: int = 0, profile:
         dataset = load(dataset)
     if not isinstance(dataset, FactorDataset):
         raise VaelabError(f"dataset must be a FactorDataset or a dataset name, got {type(dataset).__name__}")
-
     if run is None:
         _probe(encode, dataset)
-    sampler = CodeSampler(encode, dataset, batch_size=batch_size, progress=progress)
-    ctx = {"n_jobs": n_jobs, "encode_params": encode_params, "run": run}
-    result: dict = {}
-    seconds, cpu, conv, skipped, warned, settings = {}, {}, {}, {}, {}, {}
+    return _Inputs(encode, dataset, run, encode_params, out_path)
 
-    def settings_for(name):
-        kw = profile_settings(name, profile)
-        kw.update(options.get(name, {}))
-        return kw
 
-    def attempt(name, fn):
-        """Run fn() recording warnings; a VaelabError skips the metric (or propagates if it was named)."""
+def _plan(names: list[str], inputs: _Inputs, profile: str, options: dict, scores: "_Scores") -> dict[str, dict]:
+    """name -> the settings it runs with (its defaults under ``profile``, then ``options``), for the
+    metrics that apply; the others are skipped with the reason (an error for a metric named explicitly)."""
+    plan = {}
+    for name in names:
+        reason = _skip_reason(METRICS[name], inputs.dataset, inputs.run)
+        if reason is None:
+            plan[name] = {**profile_settings(name, profile), **options.get(name, {})}
+        elif scores.explicit:
+            raise VaelabError(f"{METRICS[name].title}: {reason}")
+        else:
+            scores.skipped[name] = reason
+    return plan
+
+
+@dataclass
+class _Scores:
+    """What the metrics of one evaluation gave: values by ``metric.key`` (in the order they finished) and,
+    per metric, wall and CPU seconds, convergence warnings, other warnings, settings, worker processes;
+    the metrics skipped, with why."""
+
+    explicit: bool  # metrics named by the user: a metric that cannot run is an error, not skipped
+    progress: bool
+    values: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+    cpu: dict = field(default_factory=dict)
+    conv: dict = field(default_factory=dict)
+    skipped: dict = field(default_factory=dict)
+    warned: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    workers: dict = field(default_factory=dict)
+
+    def attempt(self, name: str, fn):
+        """fn(), recording its warnings; a VaelabError skips the metric (or propagates if it was named)."""
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
                 out = fn()
             except VaelabError as e:
-                if explicit:
+                if self.explicit:
                     raise
-                skipped[name] = str(e)
+                self.skipped[name] = str(e)
                 out = None
             except TypeError as e:  # a bad option name
                 if "unexpected keyword" in str(e):
@@ -637,96 +356,96 @@ def evaluate(run_or_encode, dataset=None, metrics="all", seed: int = 0, profile:
         msgs = sorted({str(w.message).splitlines()[0] for w in caught
                        if issubclass(w.category, (RuntimeWarning, UserWarning))})
         if msgs:
-            warned.setdefault(name, []).extend(msgs)
+            self.warned.setdefault(name, []).extend(msgs)
         return out
 
-    def record(name, values, n_conv, t0, c0):
-        seconds[name] = time.perf_counter() - t0
-        cpu[name] = time.process_time() - c0
-        conv[name] = int(n_conv)
+    def record(self, name: str, settings: dict, out: tuple[dict, int], t0: float, c0: float) -> None:
+        values, n_conv = out
+        self.settings[name] = settings
+        self.seconds[name] = time.perf_counter() - t0
+        self.cpu[name] = time.process_time() - c0
+        self.conv[name] = int(n_conv)
         for key, value in values.items():
-            result[f"{name}.{key}"] = value
-        if progress:
+            self.values[f"{name}.{key}"] = value
+        if self.progress:
             from tqdm import tqdm
 
             head = METRICS[name].headline[0]
-            tqdm.write(f"{name}: {head} = {_fmt(values.get(head))} ({seconds[name]:.1f} s)", file=sys.stderr)
+            tqdm.write(f"{name}: {head} = {_fmt(values.get(head))} ({self.seconds[name]:.1f} s)", file=sys.stderr)
 
-    for name in names:
-        reason = _skip_reason(METRICS[name], dataset, run)
-        if reason is not None:
-            if explicit:
-                raise VaelabError(f"{METRICS[name].title}: {reason}")
-            skipped[name] = reason
 
-    background, parallel = {}, {}
+def _schedule(plan: dict[str, dict], sampler, seed: int, inputs: dict, scores: _Scores) -> None:
+    """Run the metrics of ``plan`` (name -> settings, in order) on the shared sampler. The encoding's
+    whole size is known from their ``draws`` before any runs (one progress bar with its real total, or
+    every image encoded up front when the draws would touch nearly all). Metrics using worker processes
+    (their ``workers``, DCI's gradient-boosted trees, which dominate the cost) start first and are
+    collected after the others, which run here meanwhile: the same numbers, their time overlapping.
+    ``inputs``: what a metric function may ask for by name (registry.INPUTS)."""
+    pending: dict[str, tuple] = {}
     try:
-        # the encoding's whole size is known from the metrics' counts before any of them runs: one bar
-        # with its real total (or every image encoded up front when the draws would touch nearly all)
-        sampler.plan(sum(planned_draws(n, settings_for(n)) for n in names if n not in skipped))
-        # DCI's gradient-boosted trees dominate the cost: with worker processes they start first and run
-        # while the other metrics are computed here (same numbers; its time overlaps theirs)
-        if "dci" in names and "dci" not in skipped:
-            from .dci import _resolve_jobs
-
-            kw = settings_for("dci")
-            if _resolve_jobs(kw.get("n_jobs", n_jobs), max(dataset.num_factors, 1)) > 1:
-                t0, c0 = time.perf_counter(), time.process_time()
-                job = attempt("dci", lambda: _start_dci(sampler, seed, kw, ctx))
-                if job is not None:
-                    background["dci"] = (job, kw, t0, time.process_time() - c0)
-                    parallel["dci"] = job.fits.jobs
-        for name in names:
-            if name in skipped or name in background:
+        sampler.plan(sum(planned_draws(name, kw) for name, kw in plan.items()))
+        for name, kw in plan.items():
+            m = METRICS[name]
+            if m.workers is None or m.workers(kw, sampler.dataset, inputs["n_jobs"]) <= 1:
                 continue
-            kw = settings_for(name)
             t0, c0 = time.perf_counter(), time.process_time()
-            out = attempt(name, lambda: METRICS[name].run(sampler, seed, kw, ctx))
+            out = scores.attempt(name, lambda: m.call(sampler, seed, kw, inputs))
+            if isinstance(out, Pending):
+                pending[name] = (out, t0, time.process_time() - c0)
+                scores.workers[name] = out.workers
+            elif out is not None:  # it finished at once
+                scores.record(name, kw, out, t0, c0)
+        for name, kw in plan.items():
+            if name in scores.skipped or name in pending or name in scores.seconds:
+                continue
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = scores.attempt(name, lambda: METRICS[name].run(sampler, seed, kw, inputs))
             if out is not None:
-                settings[name] = kw
-                record(name, *out, t0, c0)
-        for name, (job, kw, t0, c_start) in list(background.items()):
+                scores.record(name, kw, out, t0, c0)
+        for name, (job, t0, c_start) in list(pending.items()):
             c0 = time.process_time() - c_start  # this process's CPU: starting + collecting only
-            out = attempt(name, lambda: _dci_values(job.result(), sampler))
-            background.pop(name)
+            out = scores.attempt(name, lambda: METRICS[name].collect(job))
+            pending.pop(name)
             if out is not None:
-                settings[name] = kw
-                record(name, *out, t0, c0)
+                scores.record(name, plan[name], out, t0, c0)
     finally:
-        for job, *_ in background.values():  # an error elsewhere: stop the workers' queue
+        for job, *_ in pending.values():  # an error elsewhere: stop the workers' queue
             job.cancel()
         sampler.close()
-    names_done = [n for n in names if n in seconds]
+
+
+def _assemble(scores: _Scores, names: list[str], inputs: _Inputs, sampler, seed: int, profile: str,
+              t_start: float) -> dict:
+    """The result: every value, then what was run and how (eval.json's plain keys), JSON-ready."""
+    dataset, run = inputs.dataset, inputs.run
+    seconds, conv = scores.seconds, scores.conv
     seconds["encode"] = sampler.encode_seconds
     seconds["total"] = time.perf_counter() - t_start
     conv["total"] = sum(conv.values())
+    result = dict(scores.values)
     result.update({
         "seed": seed,
         "profile": profile,
-        "metrics": names_done,
-        "skipped": skipped,
+        "metrics": [n for n in names if n in scores.settings],
+        "skipped": scores.skipped,
         "dataset": {"name": dataset.name, "num_images": len(dataset), "image_shape": list(dataset.image_shape),
                     "factor_names": list(dataset.factor_names), "factor_sizes": [int(s) for s in dataset.factor_sizes],
                     "is_grid": bool(dataset.is_grid), "hidden_size": int(getattr(dataset, "hidden_size", 1))},
         "num_latents": sampler.num_latents,
         "images_encoded": sampler.images_encoded,
         "seconds": seconds,
-        "cpu_seconds": cpu,  # this process only (DCI's worker processes not included)
-        "background": parallel,  # metric -> worker processes; its seconds overlap the other metrics'
+        "cpu_seconds": scores.cpu,  # this process only (worker processes not included)
+        "background": scores.workers,  # metric -> worker processes; its seconds overlap the other metrics'
         "convergence_warnings": conv,
-        "warnings": warned,
-        "settings": settings,
+        "warnings": scores.warned,
+        "settings": scores.settings,
         "versions": versions(),
     })
     if run is not None:
         result["run"] = str(run.path)
         if getattr(run, "step", None) is not None:
             result["step"] = int(run.step)
-    result = _jsonable(result)
-    if save and out_path is not None:
-        _write_json(out_path, result)
-        result["path"] = str(out_path)
-    return result
+    return _jsonable(result)
 
 
 # ----------------------------------------------------------------------------- table

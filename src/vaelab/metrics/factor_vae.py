@@ -19,6 +19,7 @@ import warnings
 import numpy as np
 
 from ..errors import VaelabError
+from .registry import register_metric, setting_count
 
 # dlib factor_vae_metric.gin: batch_size 64, num_train 10000, num_eval 5000, num_variance_estimate 10000,
 # prune_dims.threshold 0.05
@@ -106,3 +107,23 @@ def factor_vae_score(encode, dataset, seed: int = 0, batch_size: int = DEFAULTS[
     votes_eval = _votes(s, num_eval, batch_size, rng, global_var, active, nan_policy)
     return {**factor_vae_accuracy(votes_train, votes_eval), **base,
             "votes_train": votes_train, "votes_eval": votes_eval}
+
+
+def _draws(settings: dict) -> int:
+    """Codes drawn: the variance estimate plus L per vote (the votes only when a dimension is active,
+    else the score is 0: this is the most it draws)."""
+    return setting_count(settings, "num_variance_estimate") + setting_count(settings, "batch_size") * (
+        setting_count(settings, "num_train") + setting_count(settings, "num_eval"))
+
+
+@register_metric("factor_vae", title="FactorVAE", needs="grid", defaults=DEFAULTS,
+                 headline=["eval_accuracy", "train_accuracy", "num_active_dims"], min_factors=2,
+                 aliases=("factorvae", "kim"), draws=_draws)
+def evaluate_factor_vae(sampler, seed, **settings) -> dict:
+    """eval.json's ``factor_vae.*``: the accuracies, the active dimensions, the variances and the votes."""
+    d = factor_vae_score(None, sampler.dataset, seed, sampler=sampler, **settings)
+    out = {k: d[k] for k in ("train_accuracy", "eval_accuracy", "num_active_dims")}
+    out["global_variance"] = d["global_variance"].tolist()
+    out["votes_train"] = d["votes_train"].tolist()
+    out["votes_eval"] = d["votes_eval"].tolist()
+    return out

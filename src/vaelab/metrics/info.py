@@ -219,11 +219,3 @@ class WarningCounter:
                 self.count += 1
             else:  # re-emit anything else
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-
-
-def count_convergence_warnings(fn, *args, **kwargs):
-    """Run ``fn`` and return (result, number of ConvergenceWarnings it raised)."""
-    counter = WarningCounter()
-    with counter():
-        result = fn(*args, **kwargs)
-    return result, counter.count

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import VaelabError
 from .info import check_pair, discretize
+from .registry import register_metric
 
 DEFAULTS = dict(num_train=10_000, diff_quantile=0.99, num_bins=20)  # dlib irs.gin
 
@@ -66,3 +67,14 @@ def irs_score(encode, dataset, seed: int = 0, num_train: int = DEFAULTS["num_tra
     rng = np.random.default_rng(seed)
     f, z = s.sample(num_train, rng, "IRS")
     return irs_details(z, f, diff_quantile, num_bins)
+
+
+@register_metric("irs", title="IRS", needs="factors", defaults=DEFAULTS, headline=["score", "num_active_dims"])
+def evaluate_irs(sampler, seed, **settings) -> dict:
+    """eval.json's ``irs.*``: the score, the active dimensions and the score per code (None where the
+    code is constant)."""
+    d = irs_score(None, sampler.dataset, seed, sampler=sampler, **settings)
+    per_code = [None] * len(d["active"])
+    for j, v in zip(np.flatnonzero(d["active"]), d["per_latent"]):
+        per_code[int(j)] = float(v)
+    return {"score": d["score"], "num_active_dims": d["num_active_dims"], "per_code": per_code}

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import VaelabError
 from .info import as_codes
+from .registry import register_metric
 
 DEFAULTS = dict(num_train=10_000, threshold=0.01)  # Burda et al.: Cov_x(E_q[u]) > 0.01
 
@@ -51,3 +52,25 @@ def active_units_score(encode, dataset, seed: int = 0, num_train: int = DEFAULTS
     rng = np.random.default_rng(seed)
     var = latent_variances(s.sample_unlabelled(num_train, rng))
     return {"count": int((var > threshold).sum()), "variance": var, "active": var > threshold}
+
+
+@register_metric("latent", title="Latents", needs="images", defaults=DEFAULTS, headline=["active_units", "kl_total"],
+                 min_factors=0, aliases=("active_units", "kl"))
+def evaluate_latent(sampler, seed, encode_params=None, **settings) -> dict:
+    """eval.json's ``latent.*``: the active units and each code's variance; with a run's posterior
+    parameters (``encode_params``) also the KL per latent and its total, on the rows ``elbo`` reads."""
+    d = active_units_score(None, sampler.dataset, seed, sampler=sampler, **settings)
+    out = {"active_units": d["count"], "variance": d["variance"].tolist()}
+    if encode_params is not None:
+        import torch
+
+        from ..data.views import torch_generator
+        from .sampling import iid_rows
+
+        ds = sampler.dataset
+        rows = iid_rows(ds, seed, settings.get("num_train", DEFAULTS["num_train"]))
+        mu, logvar = encode_params(ds.gather(torch.from_numpy(rows), torch_generator(seed)))
+        kl = kl_per_latent(mu, logvar)
+        out["kl_per_latent"] = kl.tolist()
+        out["kl_total"] = float(kl.sum())
+    return out

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import VaelabError
 from .info import check_pair, discrete_entropy, discrete_mutual_info, discretize, require_varied_factors
+from .registry import by_factor, register_metric
 
 DEFAULTS = dict(num_train=10_000, num_bins=20)  # dlib mig.gin: mig.num_train = 10000, 20-bin discretizer
 
@@ -45,3 +46,12 @@ def mig_score(encode, dataset, seed: int = 0, num_train: int = DEFAULTS["num_tra
     rng = np.random.default_rng(seed)
     f, z = s.sample(num_train, rng, "MIG")
     return mig_details(z, f, num_bins)
+
+
+@register_metric("mig", title="MIG", needs="factors", defaults=DEFAULTS, headline=["score"])
+def evaluate_mig(sampler, seed, **settings) -> dict:
+    """eval.json's ``mig.*``: the score, per factor its gap and entropy, and the mutual information D x K."""
+    d = mig_score(None, sampler.dataset, seed, sampler=sampler, **settings)
+    ds = sampler.dataset
+    return {"score": d["score"], "per_factor": by_factor(d["per_factor"], ds),
+            "entropy": by_factor(d["entropy"], ds), "mutual_info": d["mutual_info"].tolist()}

@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import VaelabError
 from .info import (WarningCounter, check_train_test, discrete_mutual_info, discretize,
                    estimator_seed, require_varied_factors)
+from .registry import by_factor, register_metric
 
 DEFAULTS = dict(num_train=10_000, num_test=5_000, num_bins=20)  # dlib modularity_explicitness.gin
 
@@ -118,3 +119,20 @@ def modularity_score(encode, dataset, seed: int = 0, num_train: int = DEFAULTS["
 
     f, z, ft, zt, est_seed = train_test_draws(encode, dataset, sampler, seed, num_train, num_test, "modularity")
     return modularity_explicitness_details(z, f, zt, ft, seed=est_seed, num_bins=num_bins)
+
+
+@register_metric("modularity", title="Modularity / explicitness", needs="factors", defaults=DEFAULTS,
+                 headline=["modularity", "explicitness_train", "explicitness_test"], min_factors=2,
+                 aliases=("explicitness", "modularity_explicitness"))
+def evaluate_modularity(sampler, seed, **settings):
+    """eval.json's ``modularity.*``: the three scores, per code and per factor, the mutual information and
+    the codes dropped from explicitness; the classifiers' convergence warnings."""
+    d = modularity_score(None, sampler.dataset, seed, sampler=sampler, **settings)
+    ds = sampler.dataset
+    out = {k: d[k] for k in ("modularity", "explicitness_train", "explicitness_test")}
+    out["per_code"] = {"modularity": d["modularity_per_code"].tolist()}
+    out["per_factor"] = {"explicitness_train": by_factor(d["explicitness_train_per_factor"], ds),
+                         "explicitness_test": by_factor(d["explicitness_test_per_factor"], ds)}
+    out["mutual_info"] = d["mutual_info"].tolist()
+    out["dropped_codes"] = d["dropped_codes"]
+    return out, d["convergence_warnings"]

@@ -245,6 +245,12 @@ def get_sampler(encode, dataset, sampler: CodeSampler | None = None) -> CodeSamp
     return CodeSampler(encode, dataset)
 
 
+def iid_rows(dataset, seed: int, n: int) -> np.ndarray:
+    """``n`` dataset rows drawn i.i.d. with ``seed``, ascending: the images the ``latent`` metric's KL and
+    the ``elbo`` metric read (the same rows for both)."""
+    return np.sort(np.random.default_rng(seed).integers(0, len(dataset), size=n))
+
+
 def train_test_draws(encode, dataset, sampler, seed: int, num_train: int, num_test: int, metric: str):
     """``(factors, codes, factors_test, codes_test, estimator_seed)``: i.i.d. train then test draws from
     ``dataset`` with a generator seeded by ``seed``, and the seed for the metric's estimator drawn after

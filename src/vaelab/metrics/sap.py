@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import VaelabError
 from .info import WarningCounter, check_pair, check_train_test, estimator_seed, require_varied_factors
+from .registry import by_factor, register_metric
 
 # dlib sap_score.gin: num_train 10000, num_test 5000, continuous_factors False
 DEFAULTS = dict(num_train=10_000, num_test=5_000, continuous=False)
@@ -86,3 +87,12 @@ def sap_score(encode, dataset, seed: int = 0, num_train: int = DEFAULTS["num_tra
 
     f, z, ft, zt, est_seed = train_test_draws(encode, dataset, sampler, seed, num_train, num_test, "SAP")
     return sap_details(z, f, zt, ft, continuous, seed=est_seed)
+
+
+@register_metric("sap", title="SAP", needs="factors", defaults=DEFAULTS, headline=["score"], aliases=("sap_score",))
+def evaluate_sap(sampler, seed, **settings):
+    """eval.json's ``sap.*``: the score, the gap per factor and the matrix S (D x K); LinearSVC's
+    convergence warnings."""
+    d = sap_score(None, sampler.dataset, seed, sampler=sampler, **settings)
+    return ({"score": d["score"], "per_factor": by_factor(d["per_factor"], sampler.dataset),
+             "matrix": d["matrix"].tolist()}, d["convergence_warnings"])

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import VaelabError
 from .info import as_codes, discrete_mutual_info, discretize
+from .registry import register_metric
 
 DEFAULTS = dict(num_train=10_000, num_bins=20)  # dlib unsupervised.gin
 
@@ -109,3 +110,12 @@ def unsupervised_score(encode, dataset, seed: int = 0, num_train: int = DEFAULTS
     s = get_sampler(encode, dataset, sampler)
     rng = np.random.default_rng(seed)
     return unsupervised(s.sample_unlabelled(num_train, rng), num_bins)
+
+
+@register_metric("unsupervised", title="Unsupervised", needs="images", defaults=DEFAULTS,
+                 headline=["gaussian_total_correlation", "gaussian_wasserstein_correlation",
+                           "gaussian_wasserstein_correlation_norm", "mutual_info_score"], min_factors=0,
+                 aliases=("tc", "gaussian_total_correlation"))
+def evaluate_unsupervised(sampler, seed, **settings) -> dict:
+    """eval.json's ``unsupervised.*``: the four scores."""
+    return unsupervised_score(None, sampler.dataset, seed, sampler=sampler, **settings)

@@ -58,11 +58,44 @@ class RunLogger:
         if self._tb is not None:
             self._tb.add_image(tag, array_hwc, step, dataformats="HWC")
 
+    def picture(self, name: str, step: int, array_hwc: np.ndarray) -> Path:
+        """A training picture (``H x W x 3`` uint8) to ``images/<name>_stepXXXXXXXX.png`` (atomically)
+        and TensorBoard."""
+        from ..data.prepare import atomic_write_bytes
+
+        path = self.run_dir / "images" / f"{name}_step{step:08d}.png"
+        data = _png_bytes(array_hwc)
+        try:
+            path.parent.mkdir(exist_ok=True)
+            atomic_write_bytes(path, data)
+        except OSError as e:
+            raise VaelabError(f"cannot write {path}: {e}") from None
+        self.image(name, step, array_hwc)
+        return path
+
     def close(self):
         self._fh.close()
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
+
+
+def _png_bytes(array) -> bytes:
+    """An ``H x W`` / ``H x W x 1`` / ``H x W x 3`` (or 4) uint8 array as PNG bytes."""
+    import io
+
+    from PIL import Image
+
+    a = np.asarray(array)
+    if a.dtype != np.uint8:
+        raise VaelabError(f"a training picture needs uint8 pixels, got {a.dtype}")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
+        raise VaelabError(f"a training picture is H x W (x 1, 3 or 4) pixels, got shape {a.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(a)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _quiet_tensorboard_writer_thread():

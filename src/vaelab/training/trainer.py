@@ -13,6 +13,7 @@ is locked while it is written, and only a new, empty or vaelab folder is written
 """
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import time
@@ -26,11 +27,13 @@ import torch
 from ..config import Config, resolve
 from ..data.views import show, torch_generator
 from ..errors import VaelabError, naming
+from ..hooks import training_pictures
 from ..paths import require_folder
 from . import checkpoint, distributed
 from .lock import claim_folder
 from .logger import RunLogger
 from .sampler import BatchSampler
+from .schedule import LoopSchedule
 
 IMAGE_ROWS = 8  # images shown in reconstruction grids
 
@@ -74,6 +77,9 @@ class _NoLogger:
         pass
 
     def image(self, tag, step, array_hwc):
+        pass
+
+    def picture(self, name, step, array_hwc):
         pass
 
     def close(self):
@@ -147,17 +153,23 @@ def deferred_interrupts():
 class Trainer:
     """Trains one model from a validated :class:`Config` into one run folder.
 
-    ``dist``: this process's :class:`~vaelab.training.distributed.Context` when the run is shared by
-    several processes (torchrun; see distributed.py): rank 0 writes the run folder, every rank
-    trains on its slice of each batch."""
+    The trainer works on its own copy of ``cfg`` (``trainer.cfg``; the caller's is left as it is). When
+    the bookkeeping is due is :class:`~vaelab.training.schedule.LoopSchedule`'s answer for
+    ``trainer.cfg.train``. ``dist``: this process's :class:`~vaelab.training.distributed.Context` when
+    the run is shared by several processes (torchrun; see distributed.py): rank 0 writes the run folder,
+    every rank trains on its slice of each batch. ``pictures``: what draws the training pictures,
+    ``fn(model, images_uint8, device) -> {name: H x W x 3 uint8}`` (default: every function registered
+    in :mod:`vaelab.hooks`; None: no pictures)."""
 
     def __init__(self, cfg: Config, *, run_dir: Path | None = None, resume: bool = False,
                  quiet: bool = False, dataset=None, train_indices=None, val_indices=None,
-                 dist: distributed.Context | None = None, resume_step: int | None = None):
+                 dist: distributed.Context | None = None, resume_step: int | None = None,
+                 pictures=training_pictures):
         """``resume_step``: with ``resume``, continue from the checkpoint at that step instead of the
         newest (the newer ones are moved to ``checkpoints/set-aside-<time>/``, not deleted). Rank 0
         holds the run folder's lock (training/lock.py) from here until :meth:`close`."""
         self._lock = None
+        self.pictures = pictures
         try:
             self._setup(cfg, run_dir=run_dir, resume=resume, quiet=quiet, dataset=dataset,
                         train_indices=train_indices, val_indices=val_indices, dist=dist, resume_step=resume_step)
@@ -167,7 +179,7 @@ class Trainer:
 
     def _setup(self, cfg: Config, *, run_dir, resume, quiet, dataset, train_indices, val_indices, dist,
                resume_step):
-        self.cfg = cfg
+        cfg = self.cfg = copy.deepcopy(cfg)  # epochs are resolved to steps below, in this copy only
         self.run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
         self.dist = dist or distributed.Context()
         self.main = self.dist.main
@@ -212,6 +224,7 @@ class Trainer:
                                   f"more epochs, or train.steps")
             tc.epochs = 0.0  # resolved: the saved config holds the step count
         tc.validate()  # the config saved with the run must read back valid
+        self.schedule = LoopSchedule(tc)  # (made again by fit, from trainer.cfg as it is then)
 
         # ---- model and optimisers
         from ..models import build_model
@@ -398,6 +411,12 @@ class Trainer:
         bad = ~torch.isfinite(torch.stack([scalars[k].float() for k in self._term_names]))
         self._bad_steps = torch.where(bad & (self._bad_steps < 0), step_t, self._bad_steps)
 
+    def use_finite_record(self, term_names: list[str], first_bad_steps: torch.Tensor):
+        """Take the per-term first non-finite steps from a loop that tracks them itself (a vmapped sweep
+        tracks every model's at once)."""
+        self._term_names = term_names
+        self._bad_steps = first_bad_steps
+
     def _check_finite(self):
         if self._bad_steps is None:
             return
@@ -410,13 +429,15 @@ class Trainer:
                          "(lower the learning rate or check the data)", name=name, step=s + 1, where=where, how=how)
 
     # ------------------------------------------------------------------ lr schedules
-    def _set_lrs(self):
+    def set_lrs(self):
+        """Each optimiser's learning rate at this step (its schedule, and the plateau factor)."""
         for g, opt in self.optimizers.items():
             lr = self.cfg.optim[g].lr_at(self.step, self.plateau[g]["factor"])
             for pg in opt.param_groups:
                 pg["lr"] = lr
 
-    def _plateau_update(self, val_loss: float):
+    def plateau_update(self, val_loss: float):
+        """Step the ``plateau`` schedules with a validation loss."""
         for g, p in self.plateau.items():
             oc = self.cfg.optim[g]
             if oc.schedule != "plateau":
@@ -454,12 +475,18 @@ class Trainer:
         self.model.train()
         return {f"val.{k}": v / n_batches for k, v in sums.items()}
 
-    def save_images(self):
-        """Reconstruction and traversal pictures to images/ and TensorBoard (RNG untouched)."""
-        from ..viz.grid import save_png
-        from ..viz.live import training_images
+    def validation_step(self):
+        """When the run has validation images: :meth:`validate`, logged, and the ``plateau`` schedules
+        stepped with its loss (under torchrun, rank 0's)."""
+        if self.val_indices is None:
+            return
+        val = self.validate() if self.main else {}
+        self.logger.log(self.step, val)
+        self.plateau_update(self.dist.broadcast_float(val.get("val.loss", math.inf), self.device))
 
-        if not self.main:
+    def save_images(self):
+        """The training pictures (the ``pictures`` function) to images/ and TensorBoard (RNG untouched)."""
+        if not self.main or self.pictures is None:
             return
         if self._picture_idx is None:  # the same images at every step: a fixed random pick
             pool = self.train_indices if self.val_indices is None else self.val_indices
@@ -468,11 +495,8 @@ class Trainer:
         idx = self._picture_idx
         images = self.sampler.images
         x_u8 = show(images[idx.to(images.device)], self.sampler.view, torch_generator(0, images.device))
-        out = self.run_dir / "images"
-        out.mkdir(exist_ok=True)
-        for name, picture in training_images(self.model, x_u8, self.device).items():
-            save_png(picture, out / f"{name}_step{self.step:08d}.png")
-            self.logger.image(name, self.step, picture)
+        for name, picture in self.pictures(self.model, x_u8, self.device).items():
+            self.logger.picture(name, self.step, picture)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> "Path":
@@ -491,6 +515,7 @@ class Trainer:
         from ..data.prepare import quiet as bars_off  # VAELAB_QUIET, or stderr not a terminal
 
         tc = self.cfg.train
+        self.schedule = schedule = LoopSchedule(tc)  # what is due after each step
         if self.step >= tc.steps and not self.quiet:  # a resumed run already there: say so, change nothing
             print(f"{self.run_dir}: already at step {self.step} (>= train.steps {tc.steps}); nothing to train "
                   f"(--steps N continues it to N)")
@@ -524,7 +549,7 @@ class Trainer:
                     if self._stop_requested(stop):
                         stopped = stop.name or "SIGINT"
                         break
-                    self._set_lrs()
+                    self.set_lrs()
                     step_t.fill_(self.step)
                     terms = self.step_fn(step_t)  # one whole iteration (eager, compiled or a graph replay)
                     self._track_finite(terms, step_t)
@@ -532,21 +557,19 @@ class Trainer:
                     self.step += 1
                     bar.update(1)
 
-                    done = self.step == tc.steps
-                    if self.step % tc.log_every == 0 or done:
+                    due = schedule.due(self.step)
+                    if due.log:
                         now = time.perf_counter()
                         self.elapsed += now - t_last
                         rate = (self.step - s_last) / max(now - t_last, 1e-9)
-                        self._log(terms, rate)
+                        self.log(terms, rate)
                         t_last, s_last = time.perf_counter(), self.step
                         bar.set_postfix(loss=f"{float(terms['loss']):.4g}", refresh=False)
-                    if tc.val_every and (self.step % tc.val_every == 0 or done) and self.val_indices is not None:
-                        val = self.validate() if self.main else {}
-                        self.logger.log(self.step, val)
-                        self._plateau_update(self.dist.broadcast_float(val.get("val.loss", math.inf), self.device))
-                    if (tc.image_every and self.step % tc.image_every == 0) or done:
+                    if due.validate:
+                        self.validation_step()
+                    if due.pictures:
                         self.save_images()
-                    if (tc.checkpoint_every and self.step % tc.checkpoint_every == 0) or done:
+                    if due.checkpoint:
                         self.save_checkpoint()
                 if stopped is not None:  # between two iterations: step, weights, moments, sampler, RNG agree
                     bar.close()
@@ -585,7 +608,7 @@ class Trainer:
         all-reduce there), so all of them stop after the same iteration."""
         if not self.dist.active:
             return stop.requested
-        if self.step % self.cfg.train.log_every:
+        if not self.schedule.is_log_step(self.step):
             return False
         return self.dist.any_rank(stop.requested, self.device)
 
@@ -595,7 +618,10 @@ class Trainer:
         distributed.teardown(self._own_group)
         self._own_group = False
 
-    def _log(self, terms: dict, rate: float):
+    def log(self, terms: dict, rate: float):
+        """One metrics.jsonl record of this step: the terms, learning rates, speed, epoch and time
+        (under torchrun: terms averaged over the ranks, weights checked to agree). Reads the values:
+        non-finite terms are reported here."""
         if self.dist.active:  # the same steps on every rank: mean terms, first NaN anywhere, weights in sync
             if self._bad_steps is not None:
                 self._bad_steps = self.dist.first_bad_steps(self._bad_steps)

@@ -1,7 +1,8 @@
 """The vmapped step: M models of one architecture trained in one step (``vaelab sweep --mode vmap``).
 
 One :class:`~vaelab.training.trainer.Trainer` per run does the set-up and the bookkeeping (sampler,
-logging, validation, images, checkpoints); the M models' parameters are stacked, and one step trains
+logging, validation, pictures, checkpoints, due when :class:`~vaelab.training.schedule.LoopSchedule`
+says, as for a run trained alone); the M models' parameters are stacked, and one step trains
 all of them: ``torch.func.vmap`` over ``grad`` of ``functional_call(model.loss)`` with the stacked
 parameters (``randomness="different"``). Hyperparameters that differ across the sweep (β, γ, C_max,
 ...: the objective's ``sweep_keys``) enter the vmapped loss as per-model tensors. Each model keeps its
@@ -34,6 +35,7 @@ from torch import nn
 
 from ..config import Config
 from ..errors import VaelabError
+from .schedule import LoopSchedule
 from .trainer import Interrupted, deferred_interrupts
 
 __all__ = ["vmap_problem", "StackedAdam", "VmapSweep"]
@@ -374,8 +376,7 @@ class VmapSweep:
         tr = self.trainers[k]
         tr.step = self.step
         if self.first_bad is not None:
-            tr._bad_steps = self.first_bad[k]
-            tr._term_names = self.term_names
+            tr.use_finite_record(self.term_names, self.first_bad[k])
         for g, adam in self.adams.items():
             for st in tr.optimizers[g].state.values():
                 st["step"] = torch.tensor(float(adam.t))
@@ -412,19 +413,19 @@ class VmapSweep:
 
         from .logger import RunLogger
 
-        tc = self.cfg.train
+        schedule = LoopSchedule(self.cfg.train)  # the runs differ only by seed in [train] (vmap_problem)
         trainers = self.trainers
         for tr in trainers:
             tr.logger = RunLogger(tr.run_dir, tensorboard=tr.cfg.train.tensorboard, upto=tr.step)
             tr.model.train()
         self.template.train()
         step_t = torch.zeros((), dtype=torch.int64, device=self.device)
-        bar = tqdm(total=tc.steps, initial=self.step, disable=self.quiet or bars_off(), unit="it",
+        bar = tqdm(total=schedule.steps, initial=self.step, disable=self.quiet or bars_off(), unit="it",
                    dynamic_ncols=True, desc=f"sweep of {self.M}")
         t_last, s_last = time.perf_counter(), self.step
         try:
             with deferred_interrupts() as self._stop_request:
-                self._loop(tc, trainers, step_t, bar, t_last, s_last)
+                self._loop(schedule, trainers, step_t, bar, t_last, s_last)
         except KeyboardInterrupt as e:
             bar.close()
             if self.step > 0 and isinstance(e, Interrupted):  # between two iterations (twice: at once, unsaved)
@@ -440,42 +441,36 @@ class VmapSweep:
                 tr.release()  # the run folder's lock (a trainer lives on in reference cycles)
         return [tr.run_dir for tr in trainers]
 
-    def _loop(self, tc, trainers, step_t, bar, t_last, s_last):
+    def _loop(self, schedule: LoopSchedule, trainers, step_t, bar, t_last, s_last):
         terms = None
-        while self.step < tc.steps:
+        while self.step < schedule.steps:
             if self._stop_request.requested:  # Ctrl-C / SIGTERM: acted on here only, between iterations
                 raise Interrupted
             for tr in trainers:
                 tr.step = self.step
-                tr._set_lrs()
+                tr.set_lrs()
             step_t.fill_(self.step)
             terms = self.step_all(step_t)
             self._track(terms, step_t)
             self.step += 1
             bar.update(1)
-            done = self.step == tc.steps
-            if self.step % tc.log_every == 0 or done:
+            due = schedule.due(self.step)  # each phase for every model before the next phase
+            if due.log:
                 now = time.perf_counter()
                 rate = (self.step - s_last) / max(now - t_last, 1e-9)
                 for tr in trainers:
                     tr.elapsed += now - t_last
-                self._for_each("log", lambda k, tr: tr._log({n: v[k] for n, v in terms.items()}, rate))
+                self._for_each("log", lambda k, tr: tr.log({n: v[k] for n, v in terms.items()}, rate))
                 t_last, s_last = time.perf_counter(), self.step
                 bar.set_postfix(loss=f"{float(terms['loss'].mean()):.4g}", refresh=False)
-            if tc.val_every and (self.step % tc.val_every == 0 or done):
-                self._for_each("validate", self._validate)
-            if (tc.image_every and self.step % tc.image_every == 0) or done:
+            if due.validate:
+                self._for_each("validate", lambda k, tr: tr.validation_step())
+            if due.pictures:
                 self._for_each("images", lambda k, tr: tr.save_images())
-            if (tc.checkpoint_every and self.step % tc.checkpoint_every == 0) or done:
+            if due.checkpoint:
                 self._save_all()
         if terms is None:  # nothing left to do (resumed a finished sweep)
             self._save_all()
-
-    def _validate(self, k, tr):
-        if tr.val_indices is not None:
-            v = tr.validate()
-            tr.logger.log(self.step, v)
-            tr._plateau_update(v.get("val.loss", math.inf))
 
     def _save_all(self):
         def save(k, tr):

@@ -25,7 +25,7 @@ def open_run(run, step: int | None = None, device: str = "cpu"):
     return load_run(run, step=step, device=device)
 
 
-def is_ugvae(model) -> bool:
+def has_global_latent(model) -> bool:
     """Models with a global latent β besides the per-image codes, as UG-VAE (the objective declares it,
     ``VAE.global_latent``: decode(z, beta), prior_components, global_posterior)."""
     return bool(getattr(model, "global_latent", False))
@@ -99,10 +99,6 @@ def out_dir(run, out=None) -> Path:
     except OSError as e:
         raise VaelabError(f"cannot write pictures into {d}: {e.strerror or e}; choose another folder with --out") from None
     return d
-
-
-def split_of(run) -> str:
-    return run.cfg.data.split or "train"
 
 
 def dataset_of(run):

@@ -20,7 +20,7 @@ import torch
 from ..data.views import torch_generator
 from ..errors import VaelabError
 from . import common
-from .common import PAD, add_margins, fmt, is_ugvae, to_uint8
+from .common import PAD, add_margins, fmt, has_global_latent, to_uint8
 
 KL_BATCH = 512  # images whose mean per-latent KL orders the rows
 DEFAULT_RANGE = (-3.0, 3.0)  # 1Konny/FactorVAE (1Konny limit 3) and Knight13/beta-VAE-disentanglement (--start_range -3 --end_range 3)
@@ -44,7 +44,7 @@ def kl_per_latent(model, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
 
     VAEs: KL(q(z_j|x) ‖ N(0, 1)) (docs/conventions.md#posterior-and-kl), batch mean. UG-VAE: the kl_z term of docs/objectives.md#ug-vae per latent,
     KL to each mixture component weighted by q(d|μ_z), with the batch's posterior-mean β."""
-    if not is_ugvae(model):
+    if not has_global_latent(model):
         return (0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)).mean(0), None
     from ..models.ugvae import kl_gaussians
 
@@ -140,7 +140,7 @@ def shape_indices(ds) -> list[tuple[str, int]]:
 def prior_origin(run, seed: int = 0) -> Origin:
     g = torch.Generator().manual_seed(seed)
     model = run.model
-    if not is_ugvae(model):
+    if not has_global_latent(model):
         z = torch.randn(run.latent_dim, generator=g)
         return Origin("prior", "draw from N(0, I)", z.numpy())
     beta = torch.randn(model.dim_beta, generator=g)
@@ -152,7 +152,7 @@ def prior_origin(run, seed: int = 0) -> Origin:
 
 
 def zero_origin(run) -> Origin:
-    beta = np.zeros(run.model.dim_beta, np.float32) if is_ugvae(run.model) else None
+    beta = np.zeros(run.model.dim_beta, np.float32) if has_global_latent(run.model) else None
     return Origin("zero", "zero vector", np.zeros(run.latent_dim, np.float32), beta)
 
 

@@ -304,11 +304,11 @@
         " (KL ≤ " + info.dead_kl + " nats)";
     }
     if (!live.length) $("sliders").appendChild(el("p", "note", "every latent is switched off (KL ≤ " + info.dead_kl + " nats)"));
-    if (info.ugvae) {
-      info.ugvae.beta.forEach((l) => makeRow("beta", l, $("beta-sliders")));
+    if (info.global_latent) {
+      info.global_latent.beta.forEach((l) => makeRow("beta", l, $("beta-sliders")));
       $("beta-section").hidden = false;
       $("ug-panel").hidden = false;
-      for (let k = 0; k < info.ugvae.components; k++) $("component-select").appendChild(new Option(String(k), String(k)));
+      for (let k = 0; k < info.global_latent.components; k++) $("component-select").appendChild(new Option(String(k), String(k)));
       $("component-go").addEventListener("click", run(goComponent));
     }
     buildFactorPicker(info);
