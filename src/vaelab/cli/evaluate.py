@@ -73,7 +73,7 @@ def run_evaluate(args):
     import sys
 
     from ..errors import VaelabError
-    from ..metrics.evaluate import evaluate, format_table, resolve_metrics
+    from ..metrics.evaluate import resolve_metrics
     from ..metrics.study import format_study, runs_of
 
     resolve_metrics(args.metrics)  # fail on a bad name before loading anything
@@ -120,25 +120,32 @@ def run_evaluate(args):
         from ..data import load
 
         dataset = load(args.dataset, root=args.root)
-    result = evaluate(run, dataset=dataset, metrics=args.metrics, seed=args.seed, profile=args.profile,
+    return _score_one(run, dataset, args, talk)
+
+
+def _score_one(target, dataset, args, talk) -> int:
+    """Score one run or encode function on ``dataset`` and print the table (or the JSON)."""
+    import json
+    import sys
+
+    from ..metrics.evaluate import evaluate, format_table
+
+    result = evaluate(target, dataset=dataset, metrics=args.metrics, seed=args.seed, profile=args.profile,
                       out=args.out, n_jobs=args.jobs, progress=talk, options={"dci": {"trees": args.dci_trees}})
     if args.json:
         json.dump(result, sys.stdout, indent=1)
         sys.stdout.write("\n")
     elif not args.quiet:
         print(format_table(result))
-        print(f"wrote {result.get('path')}")
+        print(f"wrote {result['path']}" if result.get("path") else "not saved (--out FILE.json keeps the scores)")
     return 0
 
 
 def _evaluate_encoder(args):
     """``--encoder MODULE:FUNCTION --data NAME``: any encoder, scored on a dataset."""
-    import json
-    import sys
-
     from ..data import load
     from ..errors import VaelabError
-    from ..metrics.evaluate import as_encode, evaluate, format_table, load_encoder
+    from ..metrics.evaluate import as_encode, load_encoder
 
     if args.run:
         raise VaelabError("give run folders or --encoder, not both")
@@ -153,12 +160,4 @@ def _evaluate_encoder(args):
     encode = as_encode(load_encoder(args.encoder), device=pick_device(args.device))
     dataset = load(args.dataset, root=args.root)
     talk = not args.quiet and not args.json
-    result = evaluate(encode, dataset=dataset, metrics=args.metrics, seed=args.seed, profile=args.profile,
-                      out=args.out, n_jobs=args.jobs, progress=talk, options={"dci": {"trees": args.dci_trees}})
-    if args.json:
-        json.dump(result, sys.stdout, indent=1)
-        sys.stdout.write("\n")
-    elif not args.quiet:
-        print(format_table(result))
-        print(f"wrote {result['path']}" if result.get("path") else "not saved (--out FILE.json keeps the scores)")
-    return 0
+    return _score_one(encode, dataset, args, talk)

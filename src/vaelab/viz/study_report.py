@@ -323,7 +323,7 @@ def write_study_report(study_dir, out=None) -> Path:
             if any(r["model"] == m["name"] for r in runs):
                 figures.append((f"{m.get('title', m['name'])} against {m['key']}",
                                 plot_strength(study, runs, m["name"], keys, figdir / f"strength_{m['name']}.png"),
-                                f"Grey: each seed's score; blue: the mean over seeds, n = seeds at that value."))
+                                "Grey: each seed's score; blue: the mean over seeds, n = seeds at that value."))
         if any(st.RECONSTRUCTION in r["scores"] for r in runs):
             figures.append(("Trade-off with reconstruction", plot_tradeoff(study, runs, keys, figdir / "tradeoff.png"),
                             "Each run's score against its reconstruction term (elbo.reconstruction: −log p(x|z) with "
