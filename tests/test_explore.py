@@ -326,10 +326,14 @@ def test_cli_warns_off_loopback(run_dir, monkeypatch, capsys):
     assert out.out.strip() == "vaelab explore: stopped"
 
 
-def test_cli_serves_and_stops_on_ctrl_c(run_dir):
+@pytest.mark.parametrize("started_with", ["default", "sigint-ignored"])
+def test_cli_serves_and_stops_on_ctrl_c(run_dir, started_with):
+    """Ctrl-C / kill -INT stop it, also when it was started as a background job is (SIGINT ignored, so
+    Python installs no KeyboardInterrupt handler of its own: it hung before cli.main installed one)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if started_with == "sigint-ignored" else None
     proc = subprocess.Popen([sys.executable, "-m", "vaelab", "explore", str(run_dir), "--no-browser"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=ignore)
     try:
         line = proc.stdout.readline()
         assert "http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() is not None else "")

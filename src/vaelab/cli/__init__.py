@@ -7,7 +7,9 @@ line and exit 2; argparse's own usage errors also exit 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
 import warnings
 
@@ -74,6 +76,27 @@ def _run_plugins(args) -> None:
             plugins.load_for_runs(value)
 
 
+@contextlib.contextmanager
+def _interrupts_stop_the_command():
+    """SIGINT and SIGTERM end every subcommand as Ctrl-C does: through its clean-up (DCI's worker processes,
+    the explorer's socket) to one line and exit 130. Installed explicitly: a shell starts background jobs
+    with SIGINT ignored, and Python then raises no KeyboardInterrupt of its own. The training loop nests its
+    own handlers (they stop it between iterations, with a checkpoint)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread (main() called from a thread): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 class _one_line_warnings(warnings.catch_warnings):
     """vaelab's own warnings (DataWarning, ...) as one ``vaelab: warning:`` line on stderr, in every
     subcommand; other libraries' warnings are shown as Python shows them."""
@@ -106,7 +129,7 @@ def main(argv=None) -> int:
         from .. import plugins
 
         given = list(args.plugins_before) + list(getattr(args, "plugins_after", None) or [])
-        with plugins.from_command_line(given), _one_line_warnings():  # recorded in the runs it trains
+        with plugins.from_command_line(given), _one_line_warnings(), _interrupts_stop_the_command():  # recorded in the runs it trains
             _run_plugins(args)
             rc = args.func(args)
     except VaelabError as e:

@@ -41,31 +41,7 @@ def register(sub):
                                                  "not written unless given)")
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
     p.add_argument("--quiet", action="store_true", help="print nothing (the scores still go to eval.json; --json prints them)")
-    p.set_defaults(func=_sigterm_like_ctrl_c(run_evaluate))
-
-
-def _sigterm_like_ctrl_c(func):
-    """SIGTERM ends `vaelab evaluate` as Ctrl-C does: through its clean-up, which kills DCI's worker
-    processes (they also die on their own with this process, SIGKILL included: metrics.dci.die_with_parent)."""
-    import functools
-
-    @functools.wraps(func)
-    def wrapped(args):
-        import signal
-
-        def interrupt(signum, frame):
-            raise KeyboardInterrupt
-
-        try:
-            old = signal.signal(signal.SIGTERM, interrupt)
-        except ValueError:  # not the main thread
-            return func(args)
-        try:
-            return func(args)
-        finally:
-            signal.signal(signal.SIGTERM, old)
-
-    return wrapped
+    p.set_defaults(func=run_evaluate)  # SIGTERM / SIGINT: cli.main ends it through its clean-up
 
 
 def run_evaluate(args):

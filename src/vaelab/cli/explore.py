@@ -1,7 +1,6 @@
 """`vaelab explore RUN`: a local web page with one slider per latent, decoded as you drag."""
 from __future__ import annotations
 
-import signal
 import sys
 
 
@@ -33,12 +32,6 @@ def run_explore(args) -> int:
         raise VaelabError(f"--port must be 0..65535 (0: a free one), got {args.port}")
     run = open_run(args.run, step=args.step, device=args.device)  # no checkpoint, bad step: one line, exit 2
     server = bind(args.host, args.port, verbose=args.verbose)  # port in use: one line, exit 2, before the slow part
-    def on_term(signum, frame):  # `kill` stops it as Ctrl-C does; Ctrl-C too when started with SIGINT ignored
-        raise KeyboardInterrupt
-
-    # Both handlers explicitly, before the URL is printed: a shell starts background jobs with SIGINT
-    # ignored, and Python then installs no KeyboardInterrupt handler, so Ctrl-C / kill -INT would be lost.
-    previous = {s: signal.signal(s, on_term) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         if not _is_loopback(args.host):
             sys.stderr.write(f"vaelab: warning: serving on {args.host}: the explorer has no authentication; anyone "
@@ -48,12 +41,10 @@ def run_explore(args) -> int:
         if not args.no_browser:
             _open_browser(server.url)
         server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C or kill (cli.main turns SIGINT and SIGTERM into it)
         print("vaelab explore: stopped", flush=True)
         return 0
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
         server.server_close()
     return 0
 
