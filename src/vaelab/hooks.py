@@ -5,7 +5,7 @@ last step, but ``vaelab.training`` does not import ``vaelab.viz``: it calls :fun
 which calls every function registered with :func:`register_training_pictures`. A picture function is
 ``fn(model, images_uint8, device) -> {name: H x W x 3 uint8 array}`` (``images_uint8``: a few fixed
 images, N x C x H x W, on the images' device); it must leave the global RNG untouched and the model in
-the mode it found it. Each picture goes to ``RUN/images/<name>_stepXXXXXXXX.png`` and TensorBoard.
+the mode it found it. Each picture goes to ``RUN/images/<name>_step<8 digits>.png`` and TensorBoard.
 The package itself (``vaelab/__init__.py``) registers ``live``: a reconstruction and a traversal
 (:func:`vaelab.viz.live.training_images`). A plugin may add its own (:func:`vaelab.plugins.register_training_pictures`);
 a :class:`~vaelab.training.trainer.Trainer` given ``pictures=`` uses that function instead (None: none).

@@ -59,7 +59,7 @@ class RunLogger:
             self._tb.add_image(tag, array_hwc, step, dataformats="HWC")
 
     def picture(self, name: str, step: int, array_hwc: np.ndarray) -> Path:
-        """A training picture (``H x W x 3`` uint8) to ``images/<name>_stepXXXXXXXX.png`` (atomically)
+        """A training picture (``H x W x 3`` uint8) to ``images/<name>_step<8 digits>.png`` (atomically)
         and TensorBoard."""
         from ..data.prepare import atomic_write_bytes
 
