@@ -35,6 +35,9 @@ DEAD_KL = 0.02
 VALUE_LIMIT = 100.0
 # torch threads for the server's one-image decodes: a second thread gains nothing at batch 1 and costs
 # much when the cores are busy (fvae64 decoder on 2 loaded cores: 5.5 ms on 1 thread, 150 ms on 2).
+# Set once for the process when the Explorer is made (in the thread that makes it), never per request:
+# resizing torch's thread pool from the server's short-lived request threads could abort the process
+# at exit ("terminate called without an active exception", seen in the Ctrl-C test).
 THREADS = 1
 
 
@@ -44,13 +47,13 @@ class Explorer:
     def __init__(self, run, seed: int = 0, threads: int | None = THREADS):
         self.run = run
         self.model = run._inference_model()  # on the CPU a channels-last copy: decodes 1.4x faster at batch 1
-        self.threads = threads
+        if threads:
+            torch.set_num_threads(threads)
         self.ds = common.dataset_of(run)
         self.n = len(self.ds)
         self.d = run.latent_dim
         self.global_latent = has_global_latent(self.model)
         self.lock = threading.Lock()
-        self._saved_threads = None
         self._rng = np.random.default_rng(seed)
         self._factors = None  # N x K numpy copy of the factor classes, made on the first pick by factors
         self._reference(seed)
@@ -107,19 +110,14 @@ class Explorer:
                 "beta_ref": _round(self.beta_ref)}
         return info
 
-    def __enter__(self):  # ``with self:`` holds the lock and runs torch on ``threads`` threads, without grad
+    def __enter__(self):  # ``with self:`` holds the lock and runs torch without grad
         self.lock.acquire()
-        self._saved_threads = torch.get_num_threads()
-        if self.threads and self.threads != self._saved_threads:
-            torch.set_num_threads(self.threads)
         self._grad = torch.is_grad_enabled()
         torch.set_grad_enabled(False)
         return self
 
     def __exit__(self, *exc):
         torch.set_grad_enabled(self._grad)
-        if torch.get_num_threads() != self._saved_threads:
-            torch.set_num_threads(self._saved_threads)
         self.lock.release()
 
     def _start_index(self) -> int:
