@@ -542,13 +542,14 @@ def import_1konny_factorvae(ckpt, out=None, *, dataset: str | None = None, data_
     c = _channels_from(vae, "encode.0.weight", path, what)
     d = _latent_from(vae, "encode.10.weight", latent_dim, path, what)
     f_t = vae.get("encode.8.weight")
-    f = int(f_t.shape[0]) if f_t is not None and f_t.ndim == 4 else (128 if c == 1 else 256)
+    default_f = 128 if c == 1 else 256  # model.py FactorVAE1 (one channel) / FactorVAE2 (three)
+    f = int(f_t.shape[0]) if f_t is not None and f_t.ndim == 4 else default_f
     data = _1konny_data(dataset, c, data_root, path, "1Konny/FactorVAE")
     model = {"objective": "factorvae", "net": "fvae64", "latent_dim": d,
              "likelihood": "bernoulli",  # ops.py recon_loss: BCE with logits, summed, batch mean
              "gamma": 6.4 if gamma is None else float(gamma),  # main.py --gamma default 6.4
              "disc_layers": 5, "disc_init": "normal02", "permute_source": "second_batch"}  # model.py Discriminator
-    if f != (128 if c == 1 else 256):
+    if f != default_f:
         model["net_options"] = {"features": f}  # FactorVAE3: one channel, F 256
     name = f"1konny-factorvae-{path.stem}"
     cfg_dict = {
